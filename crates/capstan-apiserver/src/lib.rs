@@ -1,0 +1,19 @@
+//! `capstan-apiserver` serves the Kubernetes REST API over HTTPS on top of a `capstan-store`
+//! backend: request routing by the resource table of `capstan-api`, a watch cache that serves
+//! lists and watches from memory, discovery and OpenAPI, Service address allocation, and the
+//! objects a cluster starts with. It owns no scheduling or controller logic; authentication
+//! and authorization arrive with the security work (every TLS client is admitted for now).
+
+pub mod allocator;
+pub mod bootstrap;
+pub mod cache;
+pub mod discovery;
+mod handlers;
+pub mod object;
+pub mod openapi;
+pub mod pki;
+pub mod request;
+pub mod response;
+pub mod server;
+
+pub use server::{ApiServer, Running, ServeError, ServerConfig, start};

@@ -1,0 +1,140 @@
+//! The cluster CA and the certificates the API server needs: its serving certificate and the
+//! admin client certificate written into `admin.kubeconfig`. The CA lives in the data dir and
+//! is reused on restart, so kubeconfigs issued earlier keep working.
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+use std::fs;
+use std::io::Write;
+use std::net::IpAddr;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("reading or writing {path}")]
+    Io { path: PathBuf, #[source] source: std::io::Error },
+    #[error("certificate generation")]
+    Rcgen(#[from] rcgen::Error),
+}
+
+/// PEM-encoded certificate and private key.
+#[derive(Clone, Debug)]
+pub struct CertKey {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// The cluster certificate authority.
+pub struct ClusterCa {
+    pub cert_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
+    move |source| PkiError::Io { path: path.to_path_buf(), source }
+}
+
+/// Write `contents` to `path` with mode 0600, atomically (temp file + rename).
+pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), PkiError> {
+    let tmp = path.with_extension("tmp");
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io_err(&tmp))?;
+    f.write_all(contents).map_err(io_err(&tmp))?;
+    f.sync_all().map_err(io_err(&tmp))?;
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600)).map_err(io_err(&tmp))?;
+    fs::rename(&tmp, path).map_err(io_err(path))
+}
+
+impl ClusterCa {
+    /// Load `<dir>/ca.crt` and `<dir>/ca.key`, or create them on first start.
+    pub fn load_or_create(dir: &Path) -> Result<ClusterCa, PkiError> {
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let crt = dir.join("ca.crt");
+        let key = dir.join("ca.key");
+        if crt.exists() && key.exists() {
+            let cert_pem = fs::read_to_string(&crt).map_err(io_err(&crt))?;
+            let key_pem = fs::read_to_string(&key).map_err(io_err(&key))?;
+            let kp = KeyPair::from_pem(&key_pem)?;
+            let issuer = Issuer::from_ca_cert_pem(&cert_pem, kp)?;
+            return Ok(ClusterCa { cert_pem, issuer });
+        }
+        let kp = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name.push(DnType::CommonName, "capstan-ca");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        let cert = params.self_signed(&kp)?;
+        let cert_pem = cert.pem();
+        write_private(&key, kp.serialize_pem().as_bytes())?;
+        write_private(&crt, cert_pem.as_bytes())?;
+        let issuer = Issuer::new(params, kp);
+        Ok(ClusterCa { cert_pem, issuer })
+    }
+
+    /// A serving certificate for the API server with DNS and IP SANs.
+    pub fn serving_cert(&self, dns: &[String], ips: &[IpAddr]) -> Result<CertKey, PkiError> {
+        let mut params = CertificateParams::new(dns.to_vec())?;
+        for ip in ips {
+            params.subject_alt_names.push(SanType::IpAddress(*ip));
+        }
+        params.distinguished_name.push(DnType::CommonName, "kube-apiserver");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        self.sign(params)
+    }
+
+    /// A client certificate with `CN=user` and `O=group...` (Kubernetes' x509 identity mapping).
+    pub fn client_cert(&self, user: &str, groups: &[&str]) -> Result<CertKey, PkiError> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name.push(DnType::CommonName, user);
+        for g in groups {
+            params.distinguished_name.push(DnType::OrganizationName, *g);
+        }
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        self.sign(params)
+    }
+
+    fn sign(&self, params: CertificateParams) -> Result<CertKey, PkiError> {
+        let kp = KeyPair::generate()?;
+        let cert = params.signed_by(&kp, &self.issuer)?;
+        Ok(CertKey { cert_pem: cert.pem(), key_pem: kp.serialize_pem() })
+    }
+}
+
+/// A kubeconfig with one cluster, one user (client certificate) and one current context.
+pub fn kubeconfig(server_url: &str, ca_pem: &str, client: &CertKey, name: &str) -> String {
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: {name}\n  cluster:\n    server: {server_url}\n    certificate-authority-data: {ca}\nusers:\n- name: {name}-admin\n  user:\n    client-certificate-data: {crt}\n    client-key-data: {key}\ncontexts:\n- name: {name}\n  context:\n    cluster: {name}\n    user: {name}-admin\ncurrent-context: {name}\npreferences: {{}}\n",
+        ca = b64(ca_pem),
+        crt = b64(&client.cert_pem),
+        key = b64(&client.key_pem),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ca_is_reused_across_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = ClusterCa::load_or_create(dir.path()).unwrap();
+        let b = ClusterCa::load_or_create(dir.path()).unwrap();
+        assert_eq!(a.cert_pem, b.cert_pem);
+        let mode = fs::metadata(dir.path().join("ca.key")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let c = b.client_cert("system:admin", &["system:masters"]).unwrap();
+        assert!(c.cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
+    }
+}

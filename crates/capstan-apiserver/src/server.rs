@@ -1,0 +1,217 @@
+//! HTTPS serving: the TLS listener, per-connection HTTP/1.1 + HTTP/2, and request dispatch.
+
+use crate::allocator::ServiceAllocator;
+use crate::cache::WatchCache;
+use crate::pki::{self, ClusterCa};
+use crate::request::{self, Query, Target};
+use crate::response::{self, Body};
+use crate::{discovery, handlers};
+use capstan_api::ApiError;
+use capstan_store::Store;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+/// Settings of the API server (the `capstan server` flags that concern it).
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub bind_address: IpAddr,
+    pub https_port: u16,
+    /// Service CIDR, e.g. 10.43.0.0/16; its first address is the `kubernetes` Service.
+    pub service_cidr: String,
+    /// Inclusive NodePort range.
+    pub node_port_range: (u16, u16),
+    /// Extra SANs for the serving certificate.
+    pub tls_sans: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("certificates")]
+    Pki(#[from] pki::PkiError),
+    #[error("TLS configuration")]
+    Tls(#[from] rustls::Error),
+    #[error("binding {addr}")]
+    Bind { addr: SocketAddr, #[source] source: std::io::Error },
+    #[error("loading the watch cache")]
+    Cache(#[from] crate::cache::CacheError),
+    #[error("bootstrapping initial objects: {0}")]
+    Bootstrap(String),
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+/// Shared state of all request handlers.
+pub struct ApiServer {
+    pub store: Arc<dyn Store>,
+    pub cache: Arc<WatchCache>,
+    pub config: ServerConfig,
+    pub allocator: ServiceAllocator,
+    pub shutdown: watch::Receiver<bool>,
+    /// Serialises read-check-write sequences that must not interleave (allocations, deletes).
+    pub write_lock: tokio::sync::Mutex<()>,
+}
+
+/// A running API server: the bound address and a future that completes on shutdown.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub server: Arc<ApiServer>,
+    pub tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+fn tls_config(ca: &ClusterCa, config: &ServerConfig) -> Result<rustls::ServerConfig, ServeError> {
+    let mut dns = vec![
+        "localhost".to_string(),
+        "kubernetes".to_string(),
+        "kubernetes.default".to_string(),
+        "kubernetes.default.svc".to_string(),
+        "kubernetes.default.svc.cluster.local".to_string(),
+    ];
+    let mut ips: Vec<IpAddr> = vec![IpAddr::from([127, 0, 0, 1]), IpAddr::from(std::net::Ipv6Addr::LOCALHOST)];
+    if !config.bind_address.is_unspecified() && !ips.contains(&config.bind_address) {
+        ips.push(config.bind_address);
+    }
+    if let Ok(first) = crate::allocator::first_service_ip(&config.service_cidr) {
+        ips.push(IpAddr::V4(first));
+    }
+    for san in &config.tls_sans {
+        match san.parse::<IpAddr>() {
+            Ok(ip) => ips.push(ip),
+            Err(_) => dns.push(san.clone()),
+        }
+    }
+    let serving = ca.serving_cert(&dns, &ips)?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut serving.cert_pem.as_bytes()).filter_map(Result::ok).collect();
+    let key = rustls_pemfile::private_key(&mut serving.key_pem.as_bytes())
+        .ok()
+        .flatten()
+        .ok_or_else(|| ServeError::Config("generated serving key unreadable".into()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut ca.cert_pem.as_bytes()).filter_map(Result::ok) {
+        roots.add(c)?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| ServeError::Config(format!("client verifier: {e}")))?;
+    let mut tls = rustls::ServerConfig::builder().with_client_cert_verifier(verifier).with_single_cert(certs, key)?;
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tls)
+}
+
+/// Start the API server on `store`: load the CA, write the admin kubeconfig, fill the watch
+/// cache, create the initial objects, bind and serve until `shutdown` becomes true.
+pub async fn start(config: ServerConfig, store: Arc<dyn Store>, shutdown: watch::Receiver<bool>) -> Result<Running, ServeError> {
+    let tls_dir = config.data_dir.join("tls");
+    let ca = ClusterCa::load_or_create(&tls_dir)?;
+    let tls = tls_config(&ca, &config)?;
+    let addr = SocketAddr::new(config.bind_address, config.https_port);
+    let listener = TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })?;
+    let addr = listener.local_addr().map_err(|source| ServeError::Bind { addr, source })?;
+
+    let kubeconfig_path = config.data_dir.join("admin.kubeconfig");
+    let host = if config.bind_address.is_unspecified() { IpAddr::from([127, 0, 0, 1]) } else { config.bind_address };
+    let url = format!("https://{}", SocketAddr::new(host, addr.port()));
+    let admin = ca.client_cert("system:admin", &["system:masters"])?;
+    pki::write_private(&kubeconfig_path, pki::kubeconfig(&url, &ca.cert_pem, &admin, "capstan").as_bytes())?;
+
+    let (cache, cache_task) = WatchCache::start(store.clone(), shutdown.clone()).await?;
+    let allocator = ServiceAllocator::new(&config.service_cidr, config.node_port_range).map_err(ServeError::Config)?;
+    let server = Arc::new(ApiServer {
+        store,
+        cache,
+        config,
+        allocator,
+        shutdown: shutdown.clone(),
+        write_lock: tokio::sync::Mutex::new(()),
+    });
+    server.allocator.repair(&server.cache);
+    crate::bootstrap::ensure_initial_objects(&server, addr).await.map_err(|e| ServeError::Bootstrap(e.message))?;
+
+    let acceptor = TlsAcceptor::from(Arc::new(tls));
+    let accept_task = tokio::spawn(accept_loop(listener, acceptor, server.clone(), shutdown.clone()));
+    let compact_task = tokio::spawn(crate::bootstrap::compaction_loop(server.clone(), shutdown.clone()));
+    let ns_task = tokio::spawn(crate::bootstrap::namespace_finalizer_loop(server.clone(), shutdown));
+    tracing::info!(%addr, kubeconfig = %kubeconfig_path.display(), "API server listening");
+    Ok(Running { addr, server, tasks: vec![cache_task, accept_task, compact_task, ns_task] })
+}
+
+async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, server: Arc<ApiServer>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = shutdown.changed() => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let server = server.clone();
+        let mut conn_shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                Ok(Ok(t)) => t,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let svc = service_fn(move |req| {
+                let server = server.clone();
+                async move { Ok::<_, std::convert::Infallible>(dispatch(server, req).await) }
+            });
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => if let Err(e) = r { tracing::debug!(%peer, error = %e, "connection ended with error") },
+                _ = conn_shutdown.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+                }
+            }
+        });
+    }
+}
+
+async fn dispatch(server: Arc<ApiServer>, req: http::Request<Incoming>) -> http::Response<Body> {
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    let query = Query::parse(req.uri().query());
+    let started = std::time::Instant::now();
+    let resp = match request::parse_path(&path) {
+        Target::Version => response::json(200, &discovery::version()),
+        Target::Health(_) => response::text(200, "ok"),
+        Target::CoreVersions => discovery::core_response(req.headers(), &server.config),
+        Target::Groups | Target::Group(_) | Target::GroupVersion(..) if method != http::Method::GET => {
+            response::error(&ApiError::new(405, "MethodNotAllowed", "the server does not allow this method on the requested resource"))
+        }
+        Target::Groups => discovery::groups_response(req.headers()),
+        Target::Group(g) => response::json(200, &discovery::group(&g)),
+        Target::GroupVersion(g, v) => response::json(200, &discovery::resource_list(&g, &v)),
+        Target::OpenApiV2 => discovery::openapi_v2_response(req.headers()),
+        Target::OpenApiV3Index => response::json(200, crate::openapi::openapi_v3_index()),
+        Target::OpenApiV3(p) => match crate::openapi::openapi_v3_group_version(&p) {
+            Some(doc) => response::json(200, doc),
+            None => response::error(&ApiError::path_not_found(&path)),
+        },
+        Target::Resource(rp) => handlers::handle(&server, rp, req, query).await,
+        Target::NotFound => response::error(&ApiError::path_not_found(&path)),
+    };
+    tracing::debug!(%method, %path, status = resp.status().as_u16(), micros = started.elapsed().as_micros() as u64, "request");
+    resp
+}

@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# One command from a fresh Debian 12 machine (as root) to a running all-in-one Capstan cluster:
+# installs missing packages, builds the release binary, (re)starts `capstan server` in the
+# background and waits until it is ready. Safe to run again: it restarts the server cleanly.
+#
+# Environment overrides: CAPSTAN_DATA_DIR (/var/lib/capstan), CAPSTAN_HTTPS_PORT (6443),
+# CAPSTAN_LOG (/var/log/capstan.log), CAPSTAN_PID_FILE (/run/capstan.pid),
+# CAPSTAN_READY_TIMEOUT seconds (60).
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+
+DATA_DIR="${CAPSTAN_DATA_DIR:-/var/lib/capstan}"
+HTTPS_PORT="${CAPSTAN_HTTPS_PORT:-6443}"
+LOG_FILE="${CAPSTAN_LOG:-/var/log/capstan.log}"
+PID_FILE="${CAPSTAN_PID_FILE:-/run/capstan.pid}"
+READY_TIMEOUT="${CAPSTAN_READY_TIMEOUT:-60}"
+BIN=/usr/local/bin/capstan
+KUBECONFIG_FILE="$DATA_DIR/admin.kubeconfig"
+
+build_and_install() {
+    log "building capstan (release)"
+    (cd "$REPO_ROOT" && cargo build --release -p capstan)
+    local target_dir="${CARGO_TARGET_DIR:-$REPO_ROOT/target}"
+    install -m 0755 "$target_dir/release/capstan" "$BIN.new"
+    mv -f "$BIN.new" "$BIN"  # atomic: a running server keeps its old inode
+    log "installed $BIN"
+}
+
+start_server() {
+    mkdir -p "$DATA_DIR" "$(dirname "$LOG_FILE")" "$(dirname "$PID_FILE")"
+    log "starting capstan server (data dir $DATA_DIR, port $HTTPS_PORT, log $LOG_FILE)"
+    printf '\n=== %s capstan server starting ===\n' "$(date -Is)" >>"$LOG_FILE"
+    # setsid: the server must outlive this script and its terminal.
+    setsid "$BIN" server \
+        --data-dir "$DATA_DIR" \
+        --https-port "$HTTPS_PORT" \
+        --bind-address 127.0.0.1 \
+        --disable-agent \
+        </dev/null >>"$LOG_FILE" 2>&1 &
+    echo "$!" >"$PID_FILE"
+}
+
+kubectl_bin() {
+    command -v kubectl 2>/dev/null || true
+}
+
+server_alive() {
+    kill -0 "$(cat "$PID_FILE")" 2>/dev/null
+}
+
+# Ready = the process lives, the kubeconfig exists and /readyz answers "ok" with admin credentials.
+server_ready() {
+    server_alive || { log "capstan server exited during start-up; last log lines:"; tail -n 30 "$LOG_FILE" >&2; exit 1; }
+    [ -s "$KUBECONFIG_FILE" ] || return 1
+    local kubectl out
+    kubectl="$(kubectl_bin)"
+    if [ -n "$kubectl" ]; then
+        out="$("$kubectl" --kubeconfig "$KUBECONFIG_FILE" --request-timeout=2s get --raw /readyz 2>/dev/null)" || return 1
+    else
+        out="$(curl -sk --max-time 2 "https://127.0.0.1:$HTTPS_PORT/readyz")" || return 1
+    fi
+    [ "$out" = "ok" ]
+}
+
+show_cluster() {
+    local kubectl
+    kubectl="$(kubectl_bin)"
+    if [ -z "$kubectl" ]; then
+        log "kubectl is not installed; the cluster is up at https://127.0.0.1:$HTTPS_PORT"
+        return
+    fi
+    log "KUBECONFIG=$KUBECONFIG_FILE kubectl get ns"
+    KUBECONFIG="$KUBECONFIG_FILE" "$kubectl" get ns
+}
+
+print_usage() {
+    cat <<USAGE
+
+Capstan is running (pid $(cat "$PID_FILE"), API https://127.0.0.1:$HTTPS_PORT).
+
+  export KUBECONFIG=$KUBECONFIG_FILE
+  kubectl get ns
+  kubectl create deployment web --image=nginx --replicas=2
+  kubectl get deploy,svc -A
+
+Logs:     tail -f $LOG_FILE
+Stop:     sudo $REPO_ROOT/scripts/stop.sh
+Restart:  sudo $REPO_ROOT/scripts/setup.sh
+USAGE
+}
+
+main() {
+    need_root
+    "$REPO_ROOT/scripts/install-deps.sh"
+    load_rust_env
+    build_and_install
+    "$REPO_ROOT/scripts/stop.sh"
+    start_server
+    log "waiting up to ${READY_TIMEOUT}s for /readyz"
+    wait_for "$READY_TIMEOUT" "capstan server to become ready" server_ready ||
+        { tail -n 30 "$LOG_FILE" >&2; exit 1; }
+    log "ready"
+    show_cluster
+    print_usage
+}
+
+main "$@"

@@ -1,0 +1,447 @@
+//! Runs `capstan server` as a real process and drives it with the stock kubectl.
+//!
+//! Each [`Server`] owns a fresh data dir, a free loopback port, its log file and a private HOME
+//! for kubectl (the /usr/bin/kubectl dispatcher caches its version choice under ~/.kube). The
+//! server is killed when the handle drops. Nothing here skips: a missing binary is a failure.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+/// How long a server may take from spawn to `/readyz` answering "ok".
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Upper bound for one kubectl invocation; a hung server must fail the test, not stall CI.
+const KUBECTL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Interval between readiness probes and child-exit checks.
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+/// Where the google-cloud-sdk puts the version-pinned kubectl binaries.
+const SDK_BIN: &str = "/usr/lib/google-cloud-sdk/bin";
+
+/// Which kubectl binary to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kubectl {
+    /// /usr/bin/kubectl: the SDK dispatcher that picks a version from the server's /version.
+    Dispatcher,
+    /// /usr/lib/google-cloud-sdk/bin/kubectl.1.NN
+    Minor(u32),
+}
+
+impl Kubectl {
+    /// The binary's path; panics with a clear message if it is not installed.
+    pub fn path(self) -> PathBuf {
+        let path = match self {
+            Kubectl::Dispatcher => PathBuf::from("/usr/bin/kubectl"),
+            Kubectl::Minor(minor) => PathBuf::from(format!("{SDK_BIN}/kubectl.1.{minor}")),
+        };
+        assert!(
+            path.exists(),
+            "{} is not installed: the end-to-end tests need the stock kubectl binaries \
+             (google-cloud-sdk kubectl components, 1.27 to 1.33)",
+            path.display()
+        );
+        path
+    }
+}
+
+/// The result of one kubectl run.
+#[derive(Debug)]
+pub struct Out {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+    /// The command line, for failure messages.
+    pub command: String,
+}
+
+impl Out {
+    pub fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+
+    /// Panics (showing both streams) unless the command exited 0.
+    #[track_caller]
+    pub fn ok(self) -> Self {
+        assert!(self.status.success(), "command failed: {self}");
+        self
+    }
+
+    /// Panics unless the command exited with `code`.
+    #[track_caller]
+    pub fn code_is(self, code: i32) -> Self {
+        assert_eq!(self.code(), Some(code), "unexpected exit code: {self}");
+        self
+    }
+
+    /// Panics unless stdout contains `needle`.
+    #[track_caller]
+    pub fn stdout_has(self, needle: &str) -> Self {
+        assert!(
+            self.stdout.contains(needle),
+            "stdout lacks {needle:?}: {self}"
+        );
+        self
+    }
+
+    /// Panics unless stderr contains `needle`.
+    #[track_caller]
+    pub fn stderr_has(self, needle: &str) -> Self {
+        assert!(
+            self.stderr.contains(needle),
+            "stderr lacks {needle:?}: {self}"
+        );
+        self
+    }
+
+    /// stdout parsed as JSON; panics on invalid JSON.
+    #[track_caller]
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self}"))
+    }
+
+    /// stdout split into trimmed, non-empty lines.
+    pub fn lines(&self) -> Vec<&str> {
+        self.stdout
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect()
+    }
+}
+
+impl std::fmt::Display for Out {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "`{}` exited {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.command,
+            self.code(),
+            self.stdout,
+            self.stderr
+        )
+    }
+}
+
+/// A `capstan server --disable-agent` child process with its own data dir and port.
+pub struct Server {
+    child: Option<Child>,
+    port: u16,
+    data_dir: TempDir,
+    /// Scratch space for kubectl's HOME, fixtures written by tests and the server log.
+    scratch: TempDir,
+    starts: u32,
+}
+
+impl Server {
+    /// Starts a server on a fresh data dir and a free port and waits until it is ready.
+    pub fn start() -> Server {
+        let data_dir = tempfile::Builder::new()
+            .prefix("capstan-e2e-data-")
+            .tempdir()
+            .expect("create data dir");
+        let scratch = tempfile::Builder::new()
+            .prefix("capstan-e2e-")
+            .tempdir()
+            .expect("create scratch dir");
+        fs::create_dir_all(scratch.path().join("home")).expect("create kubectl HOME");
+        let mut server = Server {
+            child: None,
+            port: free_port(),
+            data_dir,
+            scratch,
+            starts: 0,
+        };
+        server.spawn_and_wait();
+        server
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.data_dir.path()
+    }
+
+    /// The admin kubeconfig the server writes on start.
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.data_dir().join("admin.kubeconfig")
+    }
+
+    /// A directory tests may write files into; removed with the server.
+    pub fn scratch(&self) -> &Path {
+        self.scratch.path()
+    }
+
+    /// Writes `contents` to a file in the scratch dir and returns its path.
+    pub fn write_file(&self, name: &str, contents: &str) -> PathBuf {
+        let path = self.scratch().join(name);
+        fs::write(&path, contents).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        path
+    }
+
+    /// SIGKILL, the `kill -9` of a crash: no shutdown code runs.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("SIGKILL capstan server");
+            child.wait().expect("reap capstan server");
+        }
+    }
+
+    /// Starts the server again on the same data dir and port, and waits until it is ready.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn_and_wait();
+    }
+
+    /// Runs kubectl against this server with `--kubeconfig` and a private HOME.
+    pub fn kubectl(&self, version: Kubectl, args: &[&str], stdin: Option<&str>) -> Out {
+        run(self.kubectl_cmd(version, args), stdin)
+    }
+
+    /// The kubectl command line, for tests that need extra env vars or a long-running child.
+    pub fn kubectl_cmd(&self, version: Kubectl, args: &[&str]) -> Command {
+        self.kubectl_cmd_with(version, &self.kubeconfig(), args)
+    }
+
+    /// Like [`Server::kubectl_cmd`] with another kubeconfig file.
+    pub fn kubectl_cmd_with(&self, version: Kubectl, kubeconfig: &Path, args: &[&str]) -> Command {
+        let mut cmd = Command::new(version.path());
+        cmd.arg("--kubeconfig").arg(kubeconfig).args(args);
+        cmd.env("HOME", self.scratch().join("home"))
+            .env_remove("KUBECONFIG")
+            .env_remove("KUBECTL_EXTERNAL_DIFF")
+            .env_remove("KUBE_EDITOR")
+            .env_remove("EDITOR");
+        cmd
+    }
+
+    /// The last `lines` lines of the server's log (stderr), for failure messages.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = fs::read_to_string(self.log_path()).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.scratch().join("capstan.log")
+    }
+
+    fn spawn_and_wait(&mut self) {
+        self.starts += 1;
+        let mut log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("open server log");
+        writeln!(log, "=== e2e harness: start #{} ===", self.starts).expect("write server log");
+        let child = Command::new(env!("CARGO_BIN_EXE_capstan"))
+            .arg("server")
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .args(["--https-port", &self.port.to_string()])
+            .args(["--bind-address", "127.0.0.1", "--disable-agent"])
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn capstan server");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    /// Polls (with a deadline) until the child lives, the kubeconfig exists and /readyz says ok.
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            self.assert_running();
+            if self.probe_ready() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "capstan server not ready after {READY_TIMEOUT:?}; log:\n{}",
+                self.log_tail(40)
+            );
+            thread::sleep(POLL_INTERVAL);
+        }
+    }
+
+    fn assert_running(&mut self) {
+        let child = self.child.as_mut().expect("server was started");
+        if let Some(status) = child.try_wait().expect("poll capstan server") {
+            panic!(
+                "capstan server exited during start-up ({status}); log:\n{}",
+                self.log_tail(40)
+            );
+        }
+    }
+
+    fn probe_ready(&self) -> bool {
+        if !self.kubeconfig().exists() || TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            return false;
+        }
+        let out = run(
+            self.kubectl_cmd(
+                Kubectl::Minor(33),
+                &["--request-timeout=2s", "get", "--raw", "/readyz"],
+            ),
+            None,
+        );
+        out.status.success() && out.stdout.trim() == "ok"
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if thread::panicking() {
+            eprintln!("--- capstan server log (tail) ---\n{}", self.log_tail(60));
+        }
+    }
+}
+
+/// A free loopback port: bind port 0, read it, release it.
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free loopback port");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// Runs `cmd` to completion with a deadline, feeding `stdin`.
+pub fn run(mut cmd: Command, stdin: Option<&str>) -> Out {
+    let command = format!("{cmd:?}");
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {command}: {e}"));
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().expect("piped stdin");
+        let input = input.to_owned();
+        // A writer thread: a large stdin must not deadlock against a full stdout pipe.
+        thread::spawn(move || {
+            let _ = pipe.write_all(input.as_bytes());
+        });
+    }
+    let stdout = read_all(child.stdout.take().expect("piped stdout"));
+    let stderr = read_all(child.stderr.take().expect("piped stderr"));
+    let status = wait_with_deadline(&mut child, KUBECTL_TIMEOUT, &command);
+    let stdout = stdout.join().expect("stdout reader");
+    let stderr = stderr.join().expect("stderr reader");
+    Out {
+        status,
+        stdout,
+        stderr,
+        command,
+    }
+}
+
+fn read_all(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<String> {
+    thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = pipe.read_to_end(&mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
+    })
+}
+
+fn wait_with_deadline(child: &mut Child, timeout: Duration, command: &str) -> ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("poll child") {
+            return status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{command} did not finish within {timeout:?}");
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A long-running child (e.g. `kubectl get -w`) whose stdout lines arrive on a channel.
+pub struct Streaming {
+    child: Child,
+    lines: Receiver<String>,
+    stderr: thread::JoinHandle<String>,
+}
+
+impl Streaming {
+    /// Spawns `cmd` with piped stdout/stderr.
+    pub fn spawn(mut cmd: Command) -> Streaming {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn streaming command");
+        let lines = line_channel(child.stdout.take().expect("piped stdout"));
+        let stderr = read_all(child.stderr.take().expect("piped stderr"));
+        Streaming {
+            child,
+            lines,
+            stderr,
+        }
+    }
+
+    /// The next stdout line, or a panic (with stderr) if none arrives within `timeout`.
+    #[track_caller]
+    pub fn next_line(&mut self, timeout: Duration) -> String {
+        match self.lines.recv_timeout(timeout) {
+            Ok(line) => line,
+            Err(e) => {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "no output line within {timeout:?} ({e}); exit/stderr: {}",
+                    self.stderr_now()
+                );
+            }
+        }
+    }
+
+    fn stderr_now(&mut self) -> String {
+        let handle = std::mem::replace(&mut self.stderr, thread::spawn(String::new));
+        handle.join().unwrap_or_default()
+    }
+}
+
+impl Drop for Streaming {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn line_channel(stdout: ChildStdout) -> Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// The path of a fixture, for `kubectl -f PATH`.
+pub fn fixture_path(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/e2e/fixtures")
+        .join(name)
+}

@@ -1,0 +1,8 @@
+//! End-to-end tests: `capstan server` runs as a real process (its own data dir and port) and the
+//! stock kubectl binaries drive it. See harness.rs for the process handling.
+
+mod bad_input;
+mod harness;
+mod kubectl_workflow;
+mod restart;
+mod util;
