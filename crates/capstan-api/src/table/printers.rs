@@ -542,7 +542,7 @@ fn storage_class(obj: &Value) -> &str {
     }
 }
 
-fn phase_or_terminating<'a>(obj: &'a Value) -> &'a str {
+fn phase_or_terminating(obj: &Value) -> &str {
     if obj
         .pointer("/metadata/deletionTimestamp")
         .is_some_and(|t| !t.is_null())
