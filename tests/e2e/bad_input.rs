@@ -2,6 +2,7 @@
 //! leaves the store untouched.
 
 use crate::harness::{Kubectl, Out, Server};
+use crate::util::configmap_yaml;
 
 const K: Kubectl = Kubectl::Minor(33);
 
@@ -26,8 +27,8 @@ fn server_with_bystander() -> (Server, Vec<String>) {
     server
         .kubectl(
             K,
-            &["create", "configmap", "bystander", "--from-literal=k=v"],
-            None,
+            &["create", "-f", "-"],
+            Some(&configmap_yaml("default", "bystander", "k", "v")),
         )
         .ok();
     let before = snapshot(&server);
@@ -192,8 +193,8 @@ fn stale_resource_version_update_is_conflict() {
     server
         .kubectl(
             K,
-            &["create", "configmap", "stale", "--from-literal=color=blue"],
-            None,
+            &["create", "-f", "-"],
+            Some(&configmap_yaml("default", "stale", "color", "blue")),
         )
         .ok();
     let old = server

@@ -5,6 +5,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::harness::{Kubectl, Server, Streaming, fixture_path};
+use crate::util::configmap_yaml;
 
 const K: Kubectl = Kubectl::Minor(33);
 const KINDS: &str = "namespaces,configmaps,secrets,deployments,services,pods";
@@ -90,15 +91,8 @@ fn kill_9_and_restart_keeps_every_object_and_resource_version() {
     server
         .kubectl(
             K,
-            &[
-                "create",
-                "configmap",
-                "last-write",
-                "-n",
-                "shop",
-                "--from-literal=k=v",
-            ],
-            None,
+            &["create", "-f", "-"],
+            Some(&configmap_yaml("shop", "last-write", "k", "v")),
         )
         .ok();
     let before = snapshot(&server);
@@ -202,8 +196,8 @@ fn watch_resumes(server: &Server, revision: u64) {
     server
         .kubectl(
             K,
-            &["create", "configmap", "after-restart", "-n", "shop"],
-            None,
+            &["create", "-f", "-"],
+            Some(&configmap_yaml("shop", "after-restart", "k", "v")),
         )
         .ok();
     let event: Value = serde_json::from_str(&watch.next_line(Duration::from_secs(20)))

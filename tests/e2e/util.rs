@@ -20,6 +20,14 @@ pub fn find_row<'a>(text: &'a str, columns: &[&str]) -> Option<&'a str> {
     })
 }
 
+/// A one-key ConfigMap manifest, for `kubectl create -f -`.
+pub fn configmap_yaml(namespace: &str, name: &str, key: &str, value: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  namespace: {namespace}\n\
+         data:\n  {key}: \"{value}\"\n"
+    )
+}
+
 #[test]
 fn find_row_matches_whole_cells_only() {
     let text = "NAME SHORTNAMES\nconfigmaps   cm   v1   true   ConfigMap\n";

@@ -11,6 +11,7 @@ pub mod discovery;
 mod handlers;
 pub mod object;
 pub mod openapi;
+pub mod openapi_proto;
 pub mod pki;
 pub mod request;
 pub mod response;

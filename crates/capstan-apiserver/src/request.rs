@@ -149,11 +149,6 @@ impl Query {
     pub fn get(&self, k: &str) -> Option<&str> {
         self.0.get(k).map(String::as_str).filter(|s| !s.is_empty())
     }
-    pub fn flag(&self, k: &str) -> bool {
-        matches!(self.0.get(k).map(String::as_str), Some("true" | "1" | ""))
-            && self.0.contains_key(k)
-            && self.0.get(k).map(String::as_str) != Some("false")
-    }
     pub fn int(&self, k: &str) -> Result<Option<i64>, ApiError> {
         match self.get(k) {
             None => Ok(None),

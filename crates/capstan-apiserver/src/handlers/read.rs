@@ -202,7 +202,8 @@ pub(crate) async fn list(server: &ApiServer, rp: &ResourcePath, headers: &http::
         }
     };
     let cont = if more { items.last().map(|o| encode_continue(rev, &o.key)) } else { None };
-    render_list(info, &items, rev, cont, r, q)
+    let remaining = if more && server.cache.revision() == rev { remaining(server, rp, &filter, items.last()) } else { None };
+    render_list(info, &items, rev, cont, remaining, r, q)
 }
 
 fn take(all: Vec<Arc<CachedObject>>, filter: &Filter, limit: usize) -> (Vec<Arc<CachedObject>>, bool) {
@@ -218,18 +219,31 @@ fn take(all: Vec<Arc<CachedObject>>, filter: &Filter, limit: usize) -> (Vec<Arc<
     (out, false)
 }
 
-fn list_metadata(rev: i64, cont: &Option<String>) -> Value {
+/// Items after `last` in the cache, for `remainingItemCount` (only without selectors, as upstream).
+fn remaining(server: &ApiServer, rp: &ResourcePath, filter: &Filter, last: Option<&Arc<CachedObject>>) -> Option<usize> {
+    if !filter.is_empty() {
+        return None;
+    }
+    let last = last?;
+    let (rest, _) = server.cache.list(rp.resource, rp.namespace.as_deref(), Some(&last.key));
+    Some(rest.len())
+}
+
+fn list_metadata(rev: i64, cont: &Option<String>, remaining: Option<usize>) -> Value {
     let mut m = json!({"resourceVersion": rev.to_string()});
     if let Some(c) = cont {
         m["continue"] = json!(c);
     }
+    if let Some(n) = remaining {
+        m["remainingItemCount"] = json!(n);
+    }
     m
 }
 
-fn render_list(info: &ResourceInfo, items: &[Arc<CachedObject>], rev: i64, cont: Option<String>, r: Rendering, q: &Query) -> Result<http::Response<Body>, ApiError> {
+fn render_list(info: &ResourceInfo, items: &[Arc<CachedObject>], rev: i64, cont: Option<String>, remaining: Option<usize>, r: Rendering, q: &Query) -> Result<http::Response<Body>, ApiError> {
     match r {
         Rendering::Json => {
-            let head = json!({"kind": info.list_kind(), "apiVersion": info.api_version(), "metadata": list_metadata(rev, &cont)});
+            let head = json!({"kind": info.list_kind(), "apiVersion": info.api_version(), "metadata": list_metadata(rev, &cont, remaining)});
             let head = serde_json::to_vec(&head).map_err(|e| ApiError::internal(e.to_string()))?;
             let total: usize = items.iter().map(|o| o.json.len() + 1).sum();
             let mut buf = BytesMut::with_capacity(head.len() + total + 16);
@@ -247,13 +261,13 @@ fn render_list(info: &ResourceInfo, items: &[Arc<CachedObject>], rev: i64, cont:
         Rendering::Table => {
             let values = parse_all(items)?;
             let mut t = table::to_table(info, &values, include_object(q), now());
-            t["metadata"] = list_metadata(rev, &cont);
+            t["metadata"] = list_metadata(rev, &cont, remaining);
             Ok(response::json(200, &t))
         }
         Rendering::Metadata => {
             let values = parse_all(items)?;
             let items: Vec<Value> = values.iter().map(partial_metadata).collect();
-            let l = json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": list_metadata(rev, &cont), "items": items});
+            let l = json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": list_metadata(rev, &cont, remaining), "items": items});
             Ok(response::json(200, &l))
         }
     }

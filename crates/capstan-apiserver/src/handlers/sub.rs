@@ -6,7 +6,6 @@ use super::write;
 use crate::request::{Query, ResourcePath};
 use crate::response::{self, Body};
 use crate::server::ApiServer;
-use capstan_api::resources::find;
 use capstan_api::{ApiError, Subresource, patch};
 use capstan_store::StoreError;
 use http::Method;
@@ -75,7 +74,6 @@ async fn get_scale(server: &ApiServer, rp: &ResourcePath) -> Result<http::Respon
 async fn update_scale(server: &ApiServer, rp: &ResourcePath, headers: &http::HeaderMap, q: &Query, method: &Method, body: bytes::Bytes) -> Result<http::Response<Body>, ApiError> {
     let info = rp.info();
     let name = rp.name.as_deref().unwrap_or_default();
-    let scale_info = find("autoscaling", "v2", "horizontalpodautoscalers").unwrap_or(info);
     for _ in 0..8 {
         let (obj, rev) = current(server, rp).await?;
         let scale = scale_of(&obj);
@@ -123,7 +121,6 @@ async fn update_scale(server: &ApiServer, rp: &ResourcePath, headers: &http::Hea
             Err(e) => return Err(write::store_error(info, name)(e)),
         }
     }
-    let _ = scale_info;
     Err(ApiError::conflict(info, name))
 }
 

@@ -1,0 +1,225 @@
+//! The benchmark's phases, in the order they run: 10,000 pods (list and memory), the
+//! create/get/list/watch matrix, and the rate-limited create run.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, ensure};
+use reqwest::{Client, StatusCode};
+use serde_json::Value;
+
+use crate::client::{collection, create_namespace, expect};
+use crate::ops::{Kube, Kv, LIST_SET, create_ns, list_ns};
+use crate::payload::Kind;
+use crate::procs::{Proc, Rss};
+use crate::runner::{self, Limits, OpenLoop, closed_loop};
+use crate::stats::Summary;
+use crate::watch;
+
+/// Client counts of the matrix.
+pub const CONCURRENCY: [usize; 3] = [1, 16, 64];
+/// Pods of the big-list phase, and the namespace they live in.
+pub const BIG_LIST: u64 = 10_000;
+const BIG_NS: &str = "x";
+/// Timed repetitions of each 10k-pod list.
+const LIST_REPEATS: usize = 5;
+/// kubectl's Accept header for `kubectl get` (server-side printing).
+const TABLE_ACCEPT: &str = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json";
+/// Rate-limited create run: writes per second and duration.
+pub const RATE: u32 = 1_000;
+pub const RATE_TIME: Duration = Duration::from_secs(10);
+const RATE_CLIENTS: usize = 16;
+
+/// Everything the phases talk to.
+pub struct Targets {
+    pub kube: Kube,
+    pub kv: Kv,
+    /// A connection of its own for the watch writer and set-up requests.
+    pub spare: Client,
+}
+
+/// One line of the matrix.
+pub struct MatrixRow {
+    pub kind: Kind,
+    pub op: &'static str,
+    pub clients: usize,
+    pub capstan: Summary,
+    pub etcd: Option<Summary>,
+}
+
+/// The 10,000-pod phase.
+pub struct BigList {
+    pub capstan_create: Summary,
+    pub etcd_put: Summary,
+    pub json: Summary,
+    pub json_bytes: usize,
+    pub table: Summary,
+    pub table_bytes: usize,
+    pub etcd_range: Summary,
+    pub etcd_bytes: usize,
+    pub capstan_rss: Rss,
+    pub etcd_rss: Rss,
+}
+
+/// Anything odd seen while measuring, printed under the tables.
+pub type Notes = Vec<String>;
+
+fn note_errors(notes: &mut Notes, what: &str, s: &Summary) {
+    if s.errors > 0 {
+        notes.push(format!("{what}: {} errors; first: {}", s.errors, s.first_error.as_deref().unwrap_or("?")));
+    }
+}
+
+pub async fn create_namespaces(t: &Targets) -> anyhow::Result<()> {
+    let mut names = vec![BIG_NS.to_string(), "rate".to_string()];
+    for kind in Kind::ALL {
+        names.extend([list_ns(kind), create_ns(kind)]);
+        names.extend(CONCURRENCY.map(|c| watch_ns(kind, c)));
+    }
+    for name in names {
+        create_namespace(&t.spare, &t.kube.server, &name).await?;
+    }
+    Ok(())
+}
+
+fn watch_ns(kind: Kind, clients: usize) -> String {
+    format!("watch-{}-{clients}", kind.plural())
+}
+
+/// Creates 10,000 pods in both stores, reads memory, and times full lists of them.
+pub async fn big_list(t: &Targets, capstan: &Proc, etcd: &Proc, notes: &mut Notes) -> anyhow::Result<BigList> {
+    let limits = Limits { max_ops: BIG_LIST, max_time: Duration::from_secs(120) };
+    let ns = BIG_NS.to_string();
+    eprintln!("  creating {BIG_LIST} pods in Capstan (64 clients)");
+    let capstan_create = closed_loop(64, limits, t.kube.create(Kind::Pod, ns.clone(), "pod".into(), "big")).await?;
+    note_errors(notes, "10k pods: Capstan create", &capstan_create);
+    eprintln!("  putting {BIG_LIST} pods into etcd (64 clients)");
+    let etcd_put = closed_loop(64, limits, t.kv.put(Kind::Pod, ns.clone(), "pod".into(), "big")).await?;
+    note_errors(notes, "10k pods: etcd put", &etcd_put);
+    let (capstan_rss, etcd_rss) = (capstan.rss_kib()?, etcd.rss_kib()?);
+
+    let url = collection(&t.kube.server, BIG_NS, "pods");
+    let client = &t.kube.clients[0];
+    let (json, json_bytes) = time_repeated(|| expect(client.get(&url), StatusCode::OK)).await?;
+    check_len(notes, "10k pods JSON list items", &json_bytes.1, "/items")?;
+    let table_req = || expect(client.get(&url).header("accept", TABLE_ACCEPT), StatusCode::OK);
+    let (table, table_bytes) = time_repeated(table_req).await?;
+    check_len(notes, "10k pods Table rows", &table_bytes.1, "/rows")?;
+    if !String::from_utf8_lossy(&table_bytes.1[..table_bytes.1.len().min(200)]).contains("\"Table\"") {
+        notes.push("10k pods: Table Accept header answered without a Table".into());
+    }
+    let prefix = Kind::Pod.etcd_prefix(BIG_NS);
+    let etcd_client = &t.kv.clients[0];
+    let (etcd_range, etcd_body) = time_repeated(|| t.kv.etcd.list(etcd_client, &prefix)).await?;
+    let count = t.kv.etcd.count(etcd_client, &prefix).await?;
+    if count != BIG_LIST {
+        notes.push(format!("etcd 10k range returned {count} keys"));
+    }
+    Ok(BigList {
+        capstan_create,
+        etcd_put,
+        json,
+        json_bytes: json_bytes.0,
+        table,
+        table_bytes: table_bytes.0,
+        etcd_range,
+        etcd_bytes: etcd_body.0,
+        capstan_rss,
+        etcd_rss,
+    })
+}
+
+/// Runs `request` LIST_REPEATS times; returns the timing and (size, last body).
+async fn time_repeated<F, Fut>(mut request: F) -> anyhow::Result<(Summary, (usize, bytes::Bytes))>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<bytes::Bytes>>,
+{
+    let start = Instant::now();
+    let mut samples = Vec::new();
+    let mut body = bytes::Bytes::new();
+    for _ in 0..LIST_REPEATS {
+        let t0 = Instant::now();
+        body = request().await?;
+        samples.push(t0.elapsed());
+    }
+    Ok((Summary::from_samples(samples, 0, start.elapsed()), (body.len(), body)))
+}
+
+fn check_len(notes: &mut Notes, what: &str, body: &[u8], ptr: &str) -> anyhow::Result<()> {
+    let v: Value = serde_json::from_slice(body).with_context(|| format!("{what}: JSON"))?;
+    let len = v.pointer(ptr).and_then(Value::as_array).map_or(0, Vec::len);
+    if len as u64 != BIG_LIST {
+        notes.push(format!("{what}: {len}, expected {BIG_LIST}"));
+    }
+    Ok(())
+}
+
+/// Creates the 100-object list sets in both stores and checks that both lists return them.
+pub async fn seed_list_sets(t: &Targets) -> anyhow::Result<()> {
+    let limits = Limits { max_ops: LIST_SET, max_time: Duration::from_secs(60) };
+    for kind in Kind::ALL {
+        let ns = list_ns(kind);
+        let s = closed_loop(16, limits, t.kube.create(kind, ns.clone(), "obj".into(), "list")).await?;
+        ensure!(s.ok == LIST_SET, "seeding Capstan {ns}: {s:?}");
+        let s = closed_loop(16, limits, t.kv.put(kind, ns.clone(), "obj".into(), "list")).await?;
+        ensure!(s.ok == LIST_SET, "seeding etcd {ns}: {s:?}");
+        let url = format!("{}?labelSelector={}%3Dlist", collection(&t.kube.server, &ns, kind.plural()), crate::payload::LABEL_KEY);
+        let list: Value = serde_json::from_slice(&expect(t.spare.get(url), StatusCode::OK).await?)?;
+        let items = list["items"].as_array().map_or(0, Vec::len) as u64;
+        ensure!(items == LIST_SET, "Capstan list of {ns} returned {items} items");
+        let keys = t.kv.etcd.count(&t.kv.clients[0], &kind.etcd_prefix(&ns)).await?;
+        ensure!(keys == LIST_SET, "etcd range of {ns} returned {keys} keys");
+    }
+    Ok(())
+}
+
+/// create, get, list (both stores) and watch (Capstan) per kind and client count.
+pub async fn matrix(t: &Targets, cell: Limits, notes: &mut Notes) -> anyhow::Result<Vec<MatrixRow>> {
+    let mut rows = Vec::new();
+    for kind in Kind::ALL {
+        for clients in CONCURRENCY {
+            let prefix = format!("c{clients}");
+            let ns = create_ns(kind);
+            let ops = [
+                ("create", t.kube.create(kind, ns.clone(), prefix.clone(), "create"), t.kv.put(kind, ns.clone(), prefix.clone(), "create")),
+                ("get", t.kube.get(kind), t.kv.get(kind)),
+                ("list", t.kube.list(kind), t.kv.list(kind)),
+            ];
+            for (op, capstan_op, etcd_op) in ops {
+                eprintln!("  {} {op} x{clients}", kind.name());
+                let capstan = closed_loop(clients, cell, capstan_op).await?;
+                let etcd = closed_loop(clients, cell, etcd_op).await?;
+                note_errors(notes, &format!("{} {op} x{clients} Capstan", kind.name()), &capstan);
+                note_errors(notes, &format!("{} {op} x{clients} etcd", kind.name()), &etcd);
+                rows.push(MatrixRow { kind, op, clients, capstan, etcd: Some(etcd) });
+            }
+            eprintln!("  {} watch x{clients}", kind.name());
+            let capstan = watch::run(&t.kube.server, &t.kube.clients, &t.spare, kind, &watch_ns(kind, clients), clients)
+                .await
+                .with_context(|| format!("{} watch x{clients}", kind.name()))?;
+            if capstan.errors > 0 {
+                notes.push(format!("{} watch x{clients}: {} events never arrived", kind.name(), capstan.errors));
+            }
+            rows.push(MatrixRow { kind, op: "watch", clients, capstan, etcd: None });
+        }
+    }
+    Ok(rows)
+}
+
+/// ConfigMap creates (etcd: puts) at RATE per second for RATE_TIME.
+pub async fn rate_limited(t: &Targets, notes: &mut Notes) -> anyhow::Result<(OpenLoop, OpenLoop)> {
+    let ns = "rate".to_string();
+    eprintln!("  Capstan ConfigMap creates at {RATE}/s for {RATE_TIME:?}");
+    let capstan = runner::open_loop(RATE, RATE_TIME, RATE_CLIENTS, 512, t.kube.create(Kind::ConfigMap, ns.clone(), "r".into(), "rate")).await?;
+    eprintln!("  etcd puts at {RATE}/s for {RATE_TIME:?}");
+    let etcd = runner::open_loop(RATE, RATE_TIME, RATE_CLIENTS, 512, t.kv.put(Kind::ConfigMap, ns, "r".into(), "rate")).await?;
+    note_errors(notes, "rate-limited Capstan creates", &capstan.service);
+    note_errors(notes, "rate-limited etcd puts", &etcd.service);
+    Ok((capstan, etcd))
+}
+
+/// `n` clients built by `make`.
+pub fn clients(n: usize, make: impl Fn() -> anyhow::Result<Client>) -> anyhow::Result<Arc<Vec<Client>>> {
+    Ok(Arc::new((0..n).map(|_| make()).collect::<anyhow::Result<Vec<_>>>()?))
+}
