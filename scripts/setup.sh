@@ -80,7 +80,7 @@ Capstan is running (pid $(cat "$PID_FILE"), API https://127.0.0.1:$HTTPS_PORT).
 
   export KUBECONFIG=$KUBECONFIG_FILE
   kubectl get ns
-  kubectl create deployment web --image=nginx --replicas=2
+  kubectl apply -f $REPO_ROOT/tests/e2e/fixtures/app.yaml
   kubectl get deploy,svc -A
 
 Logs:     tail -f $LOG_FILE

@@ -198,16 +198,30 @@ pub fn core_response(headers: &HeaderMap, config: &ServerConfig) -> http::Respon
     }
 }
 
-/// `/openapi/v2`: JSON only; protobuf-only requests get 406 so clients fall back.
+/// `/openapi/v2`: JSON, or gnostic's `openapi.v2.Document` protobuf (what kubectl asks for),
+/// for the first media range of `Accept` that names either, as kube-openapi's handler picks;
+/// 406 when none does.
 pub fn openapi_v2_response(headers: &HeaderMap) -> http::Response<Body> {
-    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
-    let json_ok = accept.split(',').any(|p| {
-        let m = p.split(';').next().unwrap_or("").trim();
-        matches!(m, "application/json" | "*/*" | "application/*")
-    });
-    if json_ok {
-        response::json(200, crate::openapi::openapi_v2())
-    } else {
-        response::error(&capstan_api::ApiError::not_acceptable("only application/json is served for /openapi/v2"))
+    // kube-openapi answers both spellings with the dotted one.
+    const PROTOBUF: &str = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf";
+    static PROTO: std::sync::LazyLock<Vec<u8>> =
+        std::sync::LazyLock::new(|| crate::openapi_proto::encode_v2_document(crate::openapi::openapi_v2()));
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("*/*");
+    for clause in accept.split(',') {
+        let media = clause.split(';').next().unwrap_or("").trim();
+        let (kind, subtype) = media.split_once('/').unwrap_or((media, ""));
+        if kind != "application" && kind != "*" {
+            continue;
+        }
+        match subtype {
+            "json" | "*" => return response::json_bytes(200, crate::openapi::openapi_v2_json()),
+            "com.github.proto-openapi.spec.v2@v1.0+protobuf" | "com.github.proto-openapi.spec.v2.v1.0+protobuf" => {
+                let mut r = response::json_bytes(200, PROTO.as_slice());
+                r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(PROTOBUF));
+                return r;
+            }
+            _ => {}
+        }
     }
+    response::error(&capstan_api::ApiError::not_acceptable("only JSON and protobuf are served for /openapi/v2"))
 }

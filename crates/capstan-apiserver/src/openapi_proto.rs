@@ -1350,7 +1350,8 @@ mod tests {
                 json!({"a": {"b": [1, {"c": "d", "e": []}]}}),
                 "a:\n    b:\n        - 1\n        - c: d\n          e: []\n",
             ),
-            (json!([["x", "y"], "z"]), "- - x\n  - y\n- z\n"),
+            (json!([["x", "w"], "z"]), "- - x\n  - w\n- z\n"),
+            (json!("y"), "\"y\"\n"),
         ];
         for (value, expected) in cases {
             assert_eq!(yaml::to_yaml(&value), expected, "{value}");

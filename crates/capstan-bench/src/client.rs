@@ -23,19 +23,25 @@ pub struct Kubeconfig {
 
 impl Kubeconfig {
     pub fn load(path: &Path) -> anyhow::Result<Kubeconfig> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
         let doc: Value = serde_saphyr::from_str(&text).context("parse kubeconfig YAML")?;
         let field = |ptr: &str| {
-            doc.pointer(ptr).and_then(Value::as_str).with_context(|| format!("kubeconfig lacks {ptr}"))
+            doc.pointer(ptr)
+                .and_then(Value::as_str)
+                .with_context(|| format!("kubeconfig lacks {ptr}"))
         };
         let decode = |ptr: &str| -> anyhow::Result<Vec<u8>> {
-            B64.decode(field(ptr)?).with_context(|| format!("kubeconfig {ptr} is not base64"))
+            B64.decode(field(ptr)?)
+                .with_context(|| format!("kubeconfig {ptr} is not base64"))
         };
         let mut identity_pem = decode("/users/0/user/client-certificate-data")?;
         identity_pem.push(b'\n');
         identity_pem.extend(decode("/users/0/user/client-key-data")?);
         Ok(Kubeconfig {
-            server: field("/clusters/0/cluster/server")?.trim_end_matches('/').to_string(),
+            server: field("/clusters/0/cluster/server")?
+                .trim_end_matches('/')
+                .to_string(),
             ca_pem: decode("/clusters/0/cluster/certificate-authority-data")?,
             identity_pem,
         })
@@ -47,7 +53,9 @@ impl Kubeconfig {
             .use_rustls_tls()
             .tls_built_in_root_certs(false)
             .add_root_certificate(reqwest::Certificate::from_pem(&self.ca_pem).context("CA PEM")?)
-            .identity(reqwest::Identity::from_pem(&self.identity_pem).context("client cert/key PEM")?)
+            .identity(
+                reqwest::Identity::from_pem(&self.identity_pem).context("client cert/key PEM")?,
+            )
             .timeout(REQUEST_TIMEOUT)
             .build()
             .context("build HTTPS client")
@@ -56,7 +64,10 @@ impl Kubeconfig {
 
 /// A plain-HTTP client for etcd's gateway.
 pub fn etcd_client() -> anyhow::Result<Client> {
-    Client::builder().timeout(REQUEST_TIMEOUT).build().context("build HTTP client")
+    Client::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .build()
+        .context("build HTTP client")
 }
 
 /// The collection path of a core/v1 namespaced resource.
@@ -79,7 +90,11 @@ pub async fn expect(req: reqwest::RequestBuilder, want: StatusCode) -> anyhow::R
 /// Creates a namespace, tolerating one that already exists.
 pub async fn create_namespace(client: &Client, server: &str, name: &str) -> anyhow::Result<()> {
     let body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
-    let resp = client.post(format!("{server}/api/v1/namespaces")).json(&body).send().await?;
+    let resp = client
+        .post(format!("{server}/api/v1/namespaces"))
+        .json(&body)
+        .send()
+        .await?;
     let status = resp.status();
     ensure!(
         status == StatusCode::CREATED || status == StatusCode::CONFLICT,
@@ -115,20 +130,32 @@ impl Etcd {
 
     pub async fn put(&self, client: &Client, key: &str, value: &[u8]) -> anyhow::Result<()> {
         let body = json!({"key": B64.encode(key), "value": B64.encode(value)});
-        expect(client.post(format!("{}/v3/kv/put", self.url)).json(&body), StatusCode::OK).await?;
+        expect(
+            client.post(format!("{}/v3/kv/put", self.url)).json(&body),
+            StatusCode::OK,
+        )
+        .await?;
         Ok(())
     }
 
     /// Range of one key (the body is not parsed: the timed path does only what a client must).
     pub async fn get(&self, client: &Client, key: &str) -> anyhow::Result<Bytes> {
         let body = json!({"key": B64.encode(key)});
-        expect(client.post(format!("{}/v3/kv/range", self.url)).json(&body), StatusCode::OK).await
+        expect(
+            client.post(format!("{}/v3/kv/range", self.url)).json(&body),
+            StatusCode::OK,
+        )
+        .await
     }
 
     /// Range of every key under `prefix` (body not parsed).
     pub async fn list(&self, client: &Client, prefix: &str) -> anyhow::Result<Bytes> {
         let body = json!({"key": B64.encode(prefix), "range_end": B64.encode(prefix_end(prefix))});
-        expect(client.post(format!("{}/v3/kv/range", self.url)).json(&body), StatusCode::OK).await
+        expect(
+            client.post(format!("{}/v3/kv/range", self.url)).json(&body),
+            StatusCode::OK,
+        )
+        .await
     }
 
     /// How many keys lie under `prefix`, to check a data set before timing it.
@@ -165,13 +192,19 @@ mod tests {
 
     #[test]
     fn prefix_end_increments_last_byte() {
-        assert_eq!(prefix_end("/registry/pods/x/"), b"/registry/pods/x0".to_vec());
+        assert_eq!(
+            prefix_end("/registry/pods/x/"),
+            b"/registry/pods/x0".to_vec()
+        );
         assert_eq!(prefix_end("a"), b"b".to_vec());
     }
 
     #[test]
     fn range_count_reads_gateway_int64_strings() {
-        assert_eq!(range_count(br#"{"header":{},"count":"100"}"#).ok(), Some(100));
+        assert_eq!(
+            range_count(br#"{"header":{},"count":"100"}"#).ok(),
+            Some(100)
+        );
         assert_eq!(range_count(br#"{"header":{}}"#).ok(), Some(0));
         assert!(range_count(b"not json").is_err());
     }

@@ -97,25 +97,39 @@ async fn interrupted() -> anyhow::Result<&'static str> {
 async fn run(args: &Args) -> anyhow::Result<()> {
     // reqwest is built without a default crypto provider; the workspace uses aws-lc-rs.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let machine = report::machine_facts(args.revision.as_deref());
     eprintln!("starting capstan and etcd");
     let (mut capstan, _port) = procs::start_capstan(&args.capstan)?;
     let (mut etcd, etcd_url) = procs::start_etcd(&args.etcd)?;
     let kubeconfig = wait_kubeconfig(&mut capstan).await?;
     let max = *CONCURRENCY.iter().max().unwrap_or(&64);
     let targets = Targets {
-        kube: Kube { server: kubeconfig.server.clone(), clients: clients(max, || kubeconfig.client())? },
-        kv: Kv { etcd: Etcd { url: etcd_url }, clients: clients(max, etcd_client)? },
+        kube: Kube {
+            server: kubeconfig.server.clone(),
+            clients: clients(max, || kubeconfig.client())?,
+        },
+        kv: Kv {
+            etcd: Etcd { url: etcd_url },
+            clients: clients(max, etcd_client)?,
+        },
         spare: kubeconfig.client()?,
     };
     let spare = targets.spare.clone();
     let readyz = format!("{}/readyz", kubeconfig.server);
-    wait_ready(&mut capstan, "capstan", || client::expect(spare.get(&readyz), reqwest::StatusCode::OK)).await?;
+    wait_ready(&mut capstan, "capstan", || {
+        client::expect(spare.get(&readyz), reqwest::StatusCode::OK)
+    })
+    .await?;
     let etcd_gw = targets.kv.clone();
-    wait_ready(&mut etcd, "etcd", || async { etcd_gw.etcd.health(&etcd_gw.clients[0]).await }).await?;
+    wait_ready(&mut etcd, "etcd", || async {
+        etcd_gw.etcd.health(&etcd_gw.clients[0]).await
+    })
+    .await?;
     tokio::time::sleep(SETTLE).await;
     let idle = (capstan.rss_kib()?, etcd.rss_kib()?);
 
-    let report = measure(args, &targets, &mut capstan, &mut etcd, idle).await?;
+    let mut report = measure(args, &targets, &mut capstan, &mut etcd, idle).await?;
+    report.machine = machine;
     let text = report::render(&report);
     println!("{text}");
     if let Some(path) = &args.output {
@@ -135,7 +149,13 @@ async fn wait_kubeconfig(capstan: &mut Proc) -> anyhow::Result<Kubeconfig> {
         if ok {
             loaded = attempt.ok();
         }
-        async move { if ok { Ok(()) } else { Err(anyhow::anyhow!("no kubeconfig yet")) } }
+        async move {
+            if ok {
+                Ok(())
+            } else {
+                Err(anyhow::anyhow!("no kubeconfig yet"))
+            }
+        }
     })
     .await?;
     loaded.context("kubeconfig vanished")
@@ -153,22 +173,37 @@ async fn measure(
     eprintln!("phase: {} pods", phases::BIG_LIST);
     let big = phases::big_list(targets, capstan, etcd, &mut notes).await?;
     let after_big = (big.capstan_rss, big.etcd_rss);
+    let (after_json, after_table) = (big.rss_after_json, big.rss_after_table);
     eprintln!("phase: matrix");
     phases::seed_list_sets(targets).await?;
-    let cell = Limits { max_ops: args.cell_ops, max_time: Duration::from_secs_f64(args.cell_seconds) };
-    let rows = phases::matrix(targets, cell, &mut notes).await?;
+    let cell = Limits {
+        max_ops: args.cell_ops,
+        max_time: Duration::from_secs_f64(args.cell_seconds),
+    };
+    let mut watch_details = Vec::new();
+    let rows = phases::matrix(targets, cell, &mut notes, &mut watch_details).await?;
     eprintln!("phase: rate-limited creates");
     let rate = phases::rate_limited(targets, &mut notes).await?;
     capstan.check_alive()?;
     etcd.check_alive()?;
     let end = (capstan.rss_kib()?, etcd.rss_kib()?);
     Ok(Report {
-        machine: report::machine_facts(args.revision.as_deref()),
+        machine: String::new(),
         rows,
         big,
         rate,
-        memory: Memory { idle, after_big, end },
+        memory: Memory {
+            idle,
+            after_big,
+            after_json,
+            after_table,
+            end,
+        },
         notes,
-        cell: format!("at most {} ops or {} s, whichever comes first", args.cell_ops, args.cell_seconds),
+        watch_details,
+        cell: format!(
+            "at most {} ops or {} s, whichever comes first",
+            args.cell_ops, args.cell_seconds
+        ),
     })
 }

@@ -40,7 +40,10 @@ impl Kube {
             let name = format!("{prefix}-{index}");
             let body = serde_json::to_vec(&kind.object(&ns, &name, set));
             Box::pin(async move {
-                let req = client.post(url).header("content-type", "application/json").body(body?);
+                let req = client
+                    .post(url)
+                    .header("content-type", "application/json")
+                    .body(body?);
                 expect(req, StatusCode::CREATED).await.map(drop)
             })
         })
@@ -51,7 +54,11 @@ impl Kube {
         let this = self.clone();
         Arc::new(move |client, index| {
             let client = this.clients[client].clone();
-            let url = format!("{}/{}", collection(&this.server, &list_ns(kind), kind.plural()), list_name(index));
+            let url = format!(
+                "{}/{}",
+                collection(&this.server, &list_ns(kind), kind.plural()),
+                list_name(index)
+            );
             Box::pin(async move { expect(client.get(url), StatusCode::OK).await.map(drop) })
         })
     }

@@ -59,6 +59,9 @@ pub struct BigList {
     pub etcd_bytes: usize,
     pub capstan_rss: Rss,
     pub etcd_rss: Rss,
+    /// Capstan's memory after the five JSON lists and after the five Table lists.
+    pub rss_after_json: Rss,
+    pub rss_after_table: Rss,
 }
 
 /// Anything odd seen while measuring, printed under the tables.
@@ -66,7 +69,11 @@ pub type Notes = Vec<String>;
 
 fn note_errors(notes: &mut Notes, what: &str, s: &Summary) {
     if s.errors > 0 {
-        notes.push(format!("{what}: {} errors; first: {}", s.errors, s.first_error.as_deref().unwrap_or("?")));
+        notes.push(format!(
+            "{what}: {} errors; first: {}",
+            s.errors,
+            s.first_error.as_deref().unwrap_or("?")
+        ));
     }
 }
 
@@ -87,14 +94,32 @@ fn watch_ns(kind: Kind, clients: usize) -> String {
 }
 
 /// Creates 10,000 pods in both stores, reads memory, and times full lists of them.
-pub async fn big_list(t: &Targets, capstan: &Proc, etcd: &Proc, notes: &mut Notes) -> anyhow::Result<BigList> {
-    let limits = Limits { max_ops: BIG_LIST, max_time: Duration::from_secs(120) };
+pub async fn big_list(
+    t: &Targets,
+    capstan: &Proc,
+    etcd: &Proc,
+    notes: &mut Notes,
+) -> anyhow::Result<BigList> {
+    let limits = Limits {
+        max_ops: BIG_LIST,
+        max_time: Duration::from_secs(120),
+    };
     let ns = BIG_NS.to_string();
     eprintln!("  creating {BIG_LIST} pods in Capstan (64 clients)");
-    let capstan_create = closed_loop(64, limits, t.kube.create(Kind::Pod, ns.clone(), "pod".into(), "big")).await?;
+    let capstan_create = closed_loop(
+        64,
+        limits,
+        t.kube.create(Kind::Pod, ns.clone(), "pod".into(), "big"),
+    )
+    .await?;
     note_errors(notes, "10k pods: Capstan create", &capstan_create);
     eprintln!("  putting {BIG_LIST} pods into etcd (64 clients)");
-    let etcd_put = closed_loop(64, limits, t.kv.put(Kind::Pod, ns.clone(), "pod".into(), "big")).await?;
+    let etcd_put = closed_loop(
+        64,
+        limits,
+        t.kv.put(Kind::Pod, ns.clone(), "pod".into(), "big"),
+    )
+    .await?;
     note_errors(notes, "10k pods: etcd put", &etcd_put);
     let (capstan_rss, etcd_rss) = (capstan.rss_kib()?, etcd.rss_kib()?);
 
@@ -102,10 +127,19 @@ pub async fn big_list(t: &Targets, capstan: &Proc, etcd: &Proc, notes: &mut Note
     let client = &t.kube.clients[0];
     let (json, json_bytes) = time_repeated(|| expect(client.get(&url), StatusCode::OK)).await?;
     check_len(notes, "10k pods JSON list items", &json_bytes.1, "/items")?;
-    let table_req = || expect(client.get(&url).header("accept", TABLE_ACCEPT), StatusCode::OK);
+    let rss_after_json = capstan.rss_kib()?;
+    let table_req = || {
+        expect(
+            client.get(&url).header("accept", TABLE_ACCEPT),
+            StatusCode::OK,
+        )
+    };
     let (table, table_bytes) = time_repeated(table_req).await?;
     check_len(notes, "10k pods Table rows", &table_bytes.1, "/rows")?;
-    if !String::from_utf8_lossy(&table_bytes.1[..table_bytes.1.len().min(200)]).contains("\"Table\"") {
+    let rss_after_table = capstan.rss_kib()?;
+    if !String::from_utf8_lossy(&table_bytes.1[..table_bytes.1.len().min(200)])
+        .contains("\"Table\"")
+    {
         notes.push("10k pods: Table Accept header answered without a Table".into());
     }
     let prefix = Kind::Pod.etcd_prefix(BIG_NS);
@@ -126,6 +160,8 @@ pub async fn big_list(t: &Targets, capstan: &Proc, etcd: &Proc, notes: &mut Note
         etcd_bytes: etcd_body.0,
         capstan_rss,
         etcd_rss,
+        rss_after_json,
+        rss_after_table,
     })
 }
 
@@ -143,7 +179,10 @@ where
         body = request().await?;
         samples.push(t0.elapsed());
     }
-    Ok((Summary::from_samples(samples, 0, start.elapsed()), (body.len(), body)))
+    Ok((
+        Summary::from_samples(samples, 0, start.elapsed()),
+        (body.len(), body),
+    ))
 }
 
 fn check_len(notes: &mut Notes, what: &str, body: &[u8], ptr: &str) -> anyhow::Result<()> {
@@ -157,32 +196,59 @@ fn check_len(notes: &mut Notes, what: &str, body: &[u8], ptr: &str) -> anyhow::R
 
 /// Creates the 100-object list sets in both stores and checks that both lists return them.
 pub async fn seed_list_sets(t: &Targets) -> anyhow::Result<()> {
-    let limits = Limits { max_ops: LIST_SET, max_time: Duration::from_secs(60) };
+    let limits = Limits {
+        max_ops: LIST_SET,
+        max_time: Duration::from_secs(60),
+    };
     for kind in Kind::ALL {
         let ns = list_ns(kind);
-        let s = closed_loop(16, limits, t.kube.create(kind, ns.clone(), "obj".into(), "list")).await?;
+        let s = closed_loop(
+            16,
+            limits,
+            t.kube.create(kind, ns.clone(), "obj".into(), "list"),
+        )
+        .await?;
         ensure!(s.ok == LIST_SET, "seeding Capstan {ns}: {s:?}");
         let s = closed_loop(16, limits, t.kv.put(kind, ns.clone(), "obj".into(), "list")).await?;
         ensure!(s.ok == LIST_SET, "seeding etcd {ns}: {s:?}");
-        let url = format!("{}?labelSelector={}%3Dlist", collection(&t.kube.server, &ns, kind.plural()), crate::payload::LABEL_KEY);
+        let url = format!(
+            "{}?labelSelector={}%3Dlist",
+            collection(&t.kube.server, &ns, kind.plural()),
+            crate::payload::LABEL_KEY
+        );
         let list: Value = serde_json::from_slice(&expect(t.spare.get(url), StatusCode::OK).await?)?;
         let items = list["items"].as_array().map_or(0, Vec::len) as u64;
-        ensure!(items == LIST_SET, "Capstan list of {ns} returned {items} items");
-        let keys = t.kv.etcd.count(&t.kv.clients[0], &kind.etcd_prefix(&ns)).await?;
+        ensure!(
+            items == LIST_SET,
+            "Capstan list of {ns} returned {items} items"
+        );
+        let keys =
+            t.kv.etcd
+                .count(&t.kv.clients[0], &kind.etcd_prefix(&ns))
+                .await?;
         ensure!(keys == LIST_SET, "etcd range of {ns} returned {keys} keys");
     }
     Ok(())
 }
 
 /// create, get, list (both stores) and watch (Capstan) per kind and client count.
-pub async fn matrix(t: &Targets, cell: Limits, notes: &mut Notes) -> anyhow::Result<Vec<MatrixRow>> {
+pub async fn matrix(
+    t: &Targets,
+    cell: Limits,
+    notes: &mut Notes,
+    watch_details: &mut Vec<String>,
+) -> anyhow::Result<Vec<MatrixRow>> {
     let mut rows = Vec::new();
     for kind in Kind::ALL {
         for clients in CONCURRENCY {
             let prefix = format!("c{clients}");
             let ns = create_ns(kind);
             let ops = [
-                ("create", t.kube.create(kind, ns.clone(), prefix.clone(), "create"), t.kv.put(kind, ns.clone(), prefix.clone(), "create")),
+                (
+                    "create",
+                    t.kube.create(kind, ns.clone(), prefix.clone(), "create"),
+                    t.kv.put(kind, ns.clone(), prefix.clone(), "create"),
+                ),
                 ("get", t.kube.get(kind), t.kv.get(kind)),
                 ("list", t.kube.list(kind), t.kv.list(kind)),
             ];
@@ -190,18 +256,56 @@ pub async fn matrix(t: &Targets, cell: Limits, notes: &mut Notes) -> anyhow::Res
                 eprintln!("  {} {op} x{clients}", kind.name());
                 let capstan = closed_loop(clients, cell, capstan_op).await?;
                 let etcd = closed_loop(clients, cell, etcd_op).await?;
-                note_errors(notes, &format!("{} {op} x{clients} Capstan", kind.name()), &capstan);
-                note_errors(notes, &format!("{} {op} x{clients} etcd", kind.name()), &etcd);
-                rows.push(MatrixRow { kind, op, clients, capstan, etcd: Some(etcd) });
+                note_errors(
+                    notes,
+                    &format!("{} {op} x{clients} Capstan", kind.name()),
+                    &capstan,
+                );
+                note_errors(
+                    notes,
+                    &format!("{} {op} x{clients} etcd", kind.name()),
+                    &etcd,
+                );
+                rows.push(MatrixRow {
+                    kind,
+                    op,
+                    clients,
+                    capstan,
+                    etcd: Some(etcd),
+                });
             }
             eprintln!("  {} watch x{clients}", kind.name());
-            let capstan = watch::run(&t.kube.server, &t.kube.clients, &t.spare, kind, &watch_ns(kind, clients), clients)
-                .await
-                .with_context(|| format!("{} watch x{clients}", kind.name()))?;
+            let (capstan, detail) = watch::run(
+                &t.kube.server,
+                &t.kube.clients,
+                &t.spare,
+                kind,
+                &watch_ns(kind, clients),
+                clients,
+            )
+            .await
+            .with_context(|| format!("{} watch x{clients}", kind.name()))?;
             if capstan.errors > 0 {
-                notes.push(format!("{} watch x{clients}: {} events never arrived", kind.name(), capstan.errors));
+                notes.push(format!(
+                    "{} watch x{clients}: {} events never arrived",
+                    kind.name(),
+                    capstan.errors
+                ));
             }
-            rows.push(MatrixRow { kind, op: "watch", clients, capstan, etcd: None });
+            watch_details.push(format!(
+                "{} x{clients}: {:.0}% of events before the create's response; create sent → event p50 {} ms, p99 {} ms",
+                kind.name(),
+                detail.early_share * 100.0,
+                crate::stats::ms(detail.from_send.p50),
+                crate::stats::ms(detail.from_send.p99)
+            ));
+            rows.push(MatrixRow {
+                kind,
+                op: "watch",
+                clients,
+                capstan,
+                etcd: None,
+            });
         }
     }
     Ok(rows)
@@ -211,15 +315,35 @@ pub async fn matrix(t: &Targets, cell: Limits, notes: &mut Notes) -> anyhow::Res
 pub async fn rate_limited(t: &Targets, notes: &mut Notes) -> anyhow::Result<(OpenLoop, OpenLoop)> {
     let ns = "rate".to_string();
     eprintln!("  Capstan ConfigMap creates at {RATE}/s for {RATE_TIME:?}");
-    let capstan = runner::open_loop(RATE, RATE_TIME, RATE_CLIENTS, 512, t.kube.create(Kind::ConfigMap, ns.clone(), "r".into(), "rate")).await?;
+    let capstan = runner::open_loop(
+        RATE,
+        RATE_TIME,
+        RATE_CLIENTS,
+        512,
+        t.kube
+            .create(Kind::ConfigMap, ns.clone(), "r".into(), "rate"),
+    )
+    .await?;
     eprintln!("  etcd puts at {RATE}/s for {RATE_TIME:?}");
-    let etcd = runner::open_loop(RATE, RATE_TIME, RATE_CLIENTS, 512, t.kv.put(Kind::ConfigMap, ns, "r".into(), "rate")).await?;
+    let etcd = runner::open_loop(
+        RATE,
+        RATE_TIME,
+        RATE_CLIENTS,
+        512,
+        t.kv.put(Kind::ConfigMap, ns, "r".into(), "rate"),
+    )
+    .await?;
     note_errors(notes, "rate-limited Capstan creates", &capstan.service);
     note_errors(notes, "rate-limited etcd puts", &etcd.service);
     Ok((capstan, etcd))
 }
 
 /// `n` clients built by `make`.
-pub fn clients(n: usize, make: impl Fn() -> anyhow::Result<Client>) -> anyhow::Result<Arc<Vec<Client>>> {
-    Ok(Arc::new((0..n).map(|_| make()).collect::<anyhow::Result<Vec<_>>>()?))
+pub fn clients(
+    n: usize,
+    make: impl Fn() -> anyhow::Result<Client>,
+) -> anyhow::Result<Arc<Vec<Client>>> {
+    Ok(Arc::new(
+        (0..n).map(|_| make()).collect::<anyhow::Result<Vec<_>>>()?,
+    ))
 }

@@ -31,8 +31,15 @@ impl Proc {
         let out = File::create(&log).context("create server log")?;
         let err = out.try_clone().context("clone server log handle")?;
         cmd.stdin(Stdio::null()).stdout(out).stderr(err);
-        let child = cmd.spawn().with_context(|| format!("spawn {name}: {cmd:?}"))?;
-        Ok(Proc { child, name, dir, log })
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("spawn {name}: {cmd:?}"))?;
+        Ok(Proc {
+            child,
+            name,
+            dir,
+            log,
+        })
     }
 
     pub fn pid(&self) -> u32 {
@@ -46,7 +53,11 @@ impl Proc {
     /// Fails (with the log's tail) if the process has exited.
     pub fn check_alive(&mut self) -> anyhow::Result<()> {
         if let Some(status) = self.child.try_wait().context("poll child")? {
-            bail!("{} exited ({status}); log tail:\n{}", self.name, self.log_tail());
+            bail!(
+                "{} exited ({status}); log tail:\n{}",
+                self.name,
+                self.log_tail()
+            );
         }
         Ok(())
     }
@@ -61,7 +72,10 @@ impl Proc {
     pub fn rss_kib(&self) -> anyhow::Result<Rss> {
         let path = format!("/proc/{}/status", self.pid());
         let status = fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
-        Ok(Rss { rss: status_field(&status, "VmRSS:")?, hwm: status_field(&status, "VmHWM:")? })
+        Ok(Rss {
+            rss: status_field(&status, "VmRSS:")?,
+            hwm: status_field(&status, "VmHWM:")?,
+        })
     }
 }
 
@@ -81,9 +95,14 @@ pub struct Rss {
 }
 
 fn status_field(status: &str, key: &str) -> anyhow::Result<u64> {
-    let line = status.lines().find(|l| l.starts_with(key)).with_context(|| format!("no {key}"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(key))
+        .with_context(|| format!("no {key}"))?;
     let value = line[key.len()..].trim().trim_end_matches("kB").trim();
-    value.parse().with_context(|| format!("bad {key} value {value:?}"))
+    value
+        .parse()
+        .with_context(|| format!("bad {key} value {value:?}"))
 }
 
 /// A loopback port that was free a moment ago.
@@ -93,7 +112,10 @@ pub fn free_port() -> anyhow::Result<u16> {
 }
 
 fn temp_dir(prefix: &str) -> anyhow::Result<TempDir> {
-    tempfile::Builder::new().prefix(prefix).tempdir().context("create temp dir")
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .context("create temp dir")
 }
 
 /// Starts `capstan server --disable-agent` on a temp data dir and a free port.
@@ -129,20 +151,23 @@ pub fn start_etcd(binary: &Path) -> anyhow::Result<(Proc, String)> {
 }
 
 /// Polls `probe` until it succeeds, the process dies, or the deadline passes.
-pub async fn wait_ready<F, Fut>(proc: &mut Proc, what: &str, mut probe: F) -> anyhow::Result<()>
+pub async fn wait_ready<F, Fut, T>(proc: &mut Proc, what: &str, mut probe: F) -> anyhow::Result<()>
 where
     F: FnMut() -> Fut,
-    Fut: Future<Output = anyhow::Result<()>>,
+    Fut: Future<Output = anyhow::Result<T>>,
 {
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
         proc.check_alive()?;
         let last = match probe().await {
-            Ok(()) => return Ok(()),
+            Ok(_) => return Ok(()),
             Err(e) => e,
         };
         if Instant::now() >= deadline {
-            bail!("{what} not ready after {READY_TIMEOUT:?}: {last:#}\nlog tail:\n{}", proc.log_tail());
+            bail!(
+                "{what} not ready after {READY_TIMEOUT:?}: {last:#}\nlog tail:\n{}",
+                proc.log_tail()
+            );
         }
         tokio::time::sleep(POLL).await;
     }

@@ -132,15 +132,20 @@ mod tests {
     use super::*;
 
     fn sleeper(ms: u64) -> Op {
-        Arc::new(move |_, _| Box::pin(async move {
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-            Ok(())
-        }))
+        Arc::new(move |_, _| {
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                Ok(())
+            })
+        })
     }
 
     #[tokio::test]
     async fn closed_loop_stops_at_max_ops() {
-        let limits = Limits { max_ops: 20, max_time: Duration::from_secs(10) };
+        let limits = Limits {
+            max_ops: 20,
+            max_time: Duration::from_secs(10),
+        };
         let s = closed_loop(4, limits, sleeper(1)).await.expect("run");
         assert_eq!((s.ok, s.errors), (20, 0));
         assert!(s.p50 >= Duration::from_millis(1));
@@ -148,11 +153,20 @@ mod tests {
 
     #[tokio::test]
     async fn closed_loop_stops_at_max_time_and_counts_errors() {
-        let failing: Op = Arc::new(|_, i| Box::pin(async move {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            if i % 2 == 0 { Ok(()) } else { anyhow::bail!("odd {i}") }
-        }));
-        let limits = Limits { max_ops: u64::MAX, max_time: Duration::from_millis(100) };
+        let failing: Op = Arc::new(|_, i| {
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                if i % 2 == 0 {
+                    Ok(())
+                } else {
+                    anyhow::bail!("odd {i}")
+                }
+            })
+        });
+        let limits = Limits {
+            max_ops: u64::MAX,
+            max_time: Duration::from_millis(100),
+        };
         let s = closed_loop(2, limits, failing).await.expect("run");
         assert!(s.ok + s.errors < 100, "time bound ignored: {s:?}");
         assert!(s.errors > 0 && s.first_error.is_some());
@@ -160,7 +174,9 @@ mod tests {
 
     #[tokio::test]
     async fn open_loop_issues_rate_times_duration() {
-        let r = open_loop(200, Duration::from_millis(250), 2, 16, sleeper(2)).await.expect("run");
+        let r = open_loop(200, Duration::from_millis(250), 2, 16, sleeper(2))
+            .await
+            .expect("run");
         assert_eq!(r.service.ok, 50);
         assert!(r.scheduled.p50 >= r.service.p50);
         assert!(r.service.elapsed >= Duration::from_millis(240));

@@ -36,7 +36,11 @@ impl Summary {
     /// Successful operations per second of wall time.
     pub fn throughput(&self) -> f64 {
         let secs = self.elapsed.as_secs_f64();
-        if secs > 0.0 { self.ok as f64 / secs } else { 0.0 }
+        if secs > 0.0 {
+            self.ok as f64 / secs
+        } else {
+            0.0
+        }
     }
 }
 
@@ -52,7 +56,13 @@ pub fn percentile(sorted: &[Duration], pct: f64) -> Duration {
 /// Milliseconds with a precision that suits the magnitude.
 pub fn ms(d: Duration) -> String {
     let v = d.as_secs_f64() * 1000.0;
-    if v < 10.0 { format!("{v:.2}") } else if v < 100.0 { format!("{v:.1}") } else { format!("{v:.0}") }
+    if v < 10.0 {
+        format!("{v:.2}")
+    } else if v < 100.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.0}")
+    }
 }
 
 #[cfg(test)]

@@ -38,6 +38,14 @@ struct EventMeta {
     name: String,
 }
 
+/// What the headline figure hides: events that beat the create's response.
+pub struct Detail {
+    /// Share of (event, watcher) pairs received before the writer had the response.
+    pub early_share: f64,
+    /// From sending the create to the watcher receiving its event.
+    pub from_send: Summary,
+}
+
 /// Runs one watch measurement with `watchers` clients (`clients[..watchers]`) and `writer`.
 pub async fn run(
     server: &str,
@@ -46,7 +54,7 @@ pub async fn run(
     kind: Kind,
     ns: &str,
     watchers: usize,
-) -> anyhow::Result<Summary> {
+) -> anyhow::Result<(Summary, Detail)> {
     let url = collection(server, ns, kind.plural());
     let rv = list_resource_version(writer, &url).await?;
     let watch_url = format!("{url}?watch=1&resourceVersion={rv}&timeoutSeconds=60");
@@ -64,32 +72,51 @@ pub async fn run(
             .context("a watcher failed before connecting")?;
     }
     let start = Instant::now();
-    let responded = write_all(writer, &url, kind, ns).await?;
-    let mut samples = Vec::new();
-    let mut missing = 0;
+    let writes = write_all(writer, &url, kind, ns).await?;
+    let (mut samples, mut from_send, mut early, mut missing) = (Vec::new(), Vec::new(), 0u64, 0);
     while let Some(joined) = tasks.join_next().await {
         let received = joined??;
         missing += EVENTS - received.iter().filter(|r| r.is_some()).count() as u64;
-        for (at, done) in received.iter().zip(&responded) {
-            if let (Some(at), Some(done)) = (at, done) {
+        for (at, (sent, done)) in received.iter().zip(&writes) {
+            if let Some(at) = at {
+                early += u64::from(at < done);
                 samples.push(at.saturating_duration_since(*done));
+                from_send.push(at.saturating_duration_since(*sent));
             }
         }
     }
-    Ok(Summary::from_samples(samples, missing, start.elapsed()))
+    let elapsed = start.elapsed();
+    let delivered = samples.len().max(1) as f64;
+    let detail = Detail {
+        early_share: early as f64 / delivered,
+        from_send: Summary::from_samples(from_send, missing, elapsed),
+    };
+    Ok((Summary::from_samples(samples, missing, elapsed), detail))
 }
 
-/// Creates `EVENTS` objects at `WRITES_PER_SEC`; returns when each create's response arrived.
-async fn write_all(writer: &Client, url: &str, kind: Kind, ns: &str) -> anyhow::Result<Vec<Option<Instant>>> {
+/// Creates `EVENTS` objects at `WRITES_PER_SEC`; returns when each create was sent and when
+/// its response arrived.
+async fn write_all(
+    writer: &Client,
+    url: &str,
+    kind: Kind,
+    ns: &str,
+) -> anyhow::Result<Vec<(Instant, Instant)>> {
     let mut ticker = tokio::time::interval(Duration::from_secs(1) / WRITES_PER_SEC);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut responded = Vec::with_capacity(EVENTS as usize);
     for index in 0..EVENTS {
         ticker.tick().await;
         let body = serde_json::to_vec(&kind.object(ns, &format!("w-{index}"), "watch"))?;
-        let req = writer.post(url).header("content-type", "application/json").body(body);
-        expect(req, StatusCode::CREATED).await.with_context(|| format!("create w-{index}"))?;
-        responded.push(Some(Instant::now()));
+        let req = writer
+            .post(url)
+            .header("content-type", "application/json")
+            .body(body);
+        let sent = Instant::now();
+        expect(req, StatusCode::CREATED)
+            .await
+            .with_context(|| format!("create w-{index}"))?;
+        responded.push((sent, Instant::now()));
     }
     Ok(responded)
 }
@@ -101,14 +128,20 @@ async fn watch_one(
     ready: tokio::sync::mpsc::Sender<()>,
 ) -> anyhow::Result<Vec<Option<Instant>>> {
     let resp = client.get(&url).send().await.context("open watch")?;
-    ensure!(resp.status() == StatusCode::OK, "watch: HTTP {}", resp.status());
+    ensure!(
+        resp.status() == StatusCode::OK,
+        "watch: HTTP {}",
+        resp.status()
+    );
     ready.send(()).await.context("signal ready")?;
     let mut received = vec![None; EVENTS as usize];
     let mut remaining = EVENTS;
     let mut stream = resp.bytes_stream();
     let mut buf = Vec::new();
     // Bounded: the writer takes EVENTS / WRITES_PER_SEC seconds, plus the drain allowance.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(EVENTS / WRITES_PER_SEC as u64 + 10) + DRAIN;
+    let deadline = tokio::time::Instant::now()
+        + Duration::from_secs(EVENTS / WRITES_PER_SEC as u64 + 10)
+        + DRAIN;
     while remaining > 0 {
         let chunk = match tokio::time::timeout_at(deadline, stream.next()).await {
             Err(_) | Ok(None) => break,
@@ -136,7 +169,12 @@ fn added_index(line: &[u8]) -> anyhow::Result<Option<usize>> {
     }
     let event: WatchEvent = serde_json::from_slice(line).context("watch event JSON")?;
     match event.kind.as_str() {
-        "ADDED" => Ok(event.object.metadata.name.strip_prefix("w-").and_then(|n| n.parse().ok())),
+        "ADDED" => Ok(event
+            .object
+            .metadata
+            .name
+            .strip_prefix("w-")
+            .and_then(|n| n.parse().ok())),
         "ERROR" => bail!("watch ERROR event: {}", String::from_utf8_lossy(line)),
         _ => Ok(None),
     }
@@ -148,7 +186,8 @@ mod tests {
 
     #[test]
     fn parses_added_events_and_skips_others() {
-        let added = br#"{"type":"ADDED","object":{"kind":"Pod","metadata":{"name":"w-17","uid":"u"}}}"#;
+        let added =
+            br#"{"type":"ADDED","object":{"kind":"Pod","metadata":{"name":"w-17","uid":"u"}}}"#;
         assert_eq!(added_index(added).ok().flatten(), Some(17));
         let modified = br#"{"type":"MODIFIED","object":{"metadata":{"name":"w-3"}}}"#;
         assert_eq!(added_index(modified).ok().flatten(), None);

@@ -169,6 +169,7 @@ static DEFINITIONS: Lazy<Map<String, Value>> = Lazy::new(|| {
         api::rbac::v1::ClusterRole, api::rbac::v1::ClusterRoleBinding, api::storage::v1::StorageClass,
         api::policy::v1::PodDisruptionBudget, api::autoscaling::v2::HorizontalPodAutoscaler,
         api::autoscaling::v1::Scale, api::scheduling::v1::PriorityClass, api::node::v1::RuntimeClass,
+        k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
         k8s_openapi::apimachinery::pkg::apis::meta::v1::Status,
         k8s_openapi::apimachinery::pkg::apis::meta::v1::DeleteOptions,
         k8s_openapi::apimachinery::pkg::apis::meta::v1::WatchEvent<api::core::v1::Pod>,
@@ -194,7 +195,11 @@ pub fn root_definition(info: &ResourceInfo) -> &'static str {
         "" => "core",
         g => g.split('.').next().unwrap_or(g),
     };
-    let name = format!("io.k8s.api.{short}.{}.{}", info.version, info.kind);
+    let name = if info.group == "apiextensions.k8s.io" {
+        format!("io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.{}.{}", info.version, info.kind)
+    } else {
+        format!("io.k8s.api.{short}.{}.{}", info.version, info.kind)
+    };
     match DEFINITIONS.get_key_value(&name) {
         Some((key, _)) => key.as_str(),
         None => "",

@@ -66,6 +66,7 @@ pub fn round_trip(info: &ResourceInfo, obj: &Value) -> Option<Result<Value, Deco
         "autoscaling" "HorizontalPodAutoscaler" => api::autoscaling::v2::HorizontalPodAutoscaler,
         "scheduling.k8s.io" "PriorityClass" => api::scheduling::v1::PriorityClass,
         "node.k8s.io" "RuntimeClass" => api::node::v1::RuntimeClass,
+        "apiextensions.k8s.io" "CustomResourceDefinition" => k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
     }
 }
 

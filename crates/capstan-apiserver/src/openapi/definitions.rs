@@ -52,11 +52,7 @@ impl Gvk {
 
 /// Upstream's definition name of a served kind, e.g. `io.k8s.api.apps.v1.Deployment`.
 pub(super) fn definition_name(info: &ResourceInfo) -> String {
-    let package = match info.group {
-        "" => "core",
-        group => group.split('.').next().unwrap_or(group),
-    };
-    format!("io.k8s.api.{package}.{}.{}", info.version, info.kind)
+    capstan_api::schema::root_definition(info).to_string()
 }
 
 /// The `<Kind>List` definition name of a served kind.

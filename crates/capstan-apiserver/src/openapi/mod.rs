@@ -91,7 +91,8 @@ pub fn group_version_path(group: &str, version: &str) -> String {
 
 fn build_documents() -> Documents {
     let definitions = all_definitions();
-    let v2 = build_v2(&definitions);
+    let mut v2 = build_v2(&definitions);
+    strip_one_of(&mut v2);
     let v2_json = serde_json::to_vec(&v2).unwrap_or_default();
     let mut v3 = BTreeMap::new();
     for (group, version) in resources::group_versions() {
@@ -210,3 +211,25 @@ fn content_hash(bytes: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests;
+
+/// Swagger 2.0 has no `oneOf` (upstream's v2 document describes such fields, e.g. a CRD's
+/// JSONSchemaPropsOrBool, by their description alone), so drop it from the v2 document.
+fn strip_one_of(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            m.remove("oneOf");
+            for (k, child) in m.iter_mut() {
+                if k == "properties" || k == "definitions" {
+                    // Keys here are names (a CRD schema has a property called `oneOf`), not keywords.
+                    if let Value::Object(named) = child {
+                        named.values_mut().for_each(strip_one_of);
+                    }
+                } else {
+                    strip_one_of(child);
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(strip_one_of),
+        _ => {}
+    }
+}
