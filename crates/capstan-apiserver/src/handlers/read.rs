@@ -258,12 +258,7 @@ fn render_list(info: &ResourceInfo, items: &[Arc<CachedObject>], rev: i64, cont:
             buf.put_slice(b"]}");
             Ok(response::json_bytes(200, buf.freeze()))
         }
-        Rendering::Table => {
-            let values = parse_all(items)?;
-            let mut t = table::to_table(info, &values, include_object(q), now());
-            t["metadata"] = list_metadata(rev, &cont, remaining);
-            Ok(response::json(200, &t))
-        }
+        Rendering::Table => Ok(response::json_bytes(200, table_bytes(info, items, list_metadata(rev, &cont, remaining), q)?)),
         Rendering::Metadata => {
             let values = parse_all(items)?;
             let items: Vec<Value> = values.iter().map(partial_metadata).collect();
@@ -275,4 +270,32 @@ fn render_list(info: &ResourceInfo, items: &[Arc<CachedObject>], rev: i64, cont:
 
 fn parse_all(items: &[Arc<CachedObject>]) -> Result<Vec<Value>, ApiError> {
     items.iter().map(|o| serde_json::from_slice(&o.json).map_err(|e| ApiError::internal(e.to_string()))).collect()
+}
+
+/// A Table of `items`, rendered one object at a time into bytes so a large list never holds
+/// every object (or every row) as a JSON tree at once.
+fn table_bytes(info: &ResourceInfo, items: &[Arc<CachedObject>], metadata: Value, q: &Query) -> Result<Bytes, ApiError> {
+    let ser = |v: &Value| serde_json::to_vec(v).map_err(|e| ApiError::internal(e.to_string()));
+    let now = now();
+    let include = include_object(q);
+    let mut head = table::to_table(info, &[], include, now);
+    head["metadata"] = metadata;
+    head["rows"] = json!([]);
+    let head = ser(&head)?;
+    // `head` ends with `"rows":[]}`; splice the rows in before the closing `]}`.
+    let split = head.len() - 2;
+    let mut buf = BytesMut::with_capacity(split + items.len() * 256 + 2);
+    buf.put_slice(&head[..split]);
+    for (i, o) in items.iter().enumerate() {
+        let v: Value = serde_json::from_slice(&o.json).map_err(|e| ApiError::internal(e.to_string()))?;
+        let t = table::to_table(info, std::slice::from_ref(&v), include, now);
+        if let Some(row) = t["rows"].get(0) {
+            if i > 0 {
+                buf.put_u8(b',');
+            }
+            buf.put_slice(&ser(row)?);
+        }
+    }
+    buf.put_slice(b"]}");
+    Ok(buf.freeze())
 }
