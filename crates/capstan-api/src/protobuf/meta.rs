@@ -38,7 +38,10 @@ pub static OWNER_REFERENCE: Message = Message {
 
 pub static LABEL_SELECTOR: Message = Message {
     name: "LabelSelector",
-    fields: &[v(1, "matchLabels", STR_MAP), r(2, "matchExpressions", Msg(&LABEL_SELECTOR_REQUIREMENT))],
+    fields: &[
+        v(1, "matchLabels", STR_MAP),
+        r(2, "matchExpressions", Msg(&LABEL_SELECTOR_REQUIREMENT)),
+    ],
 };
 
 pub static LABEL_SELECTOR_REQUIREMENT: Message = Message {

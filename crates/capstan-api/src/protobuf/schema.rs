@@ -60,17 +60,32 @@ impl Message {
 
 /// A plain (non-pointer) field.
 pub const fn v(number: u32, json: &'static str, kind: Kind) -> Field {
-    Field { number, json, kind, card: Card::Value }
+    Field {
+        number,
+        json,
+        kind,
+        card: Card::Value,
+    }
 }
 
 /// A Go pointer field.
 pub const fn p(number: u32, json: &'static str, kind: Kind) -> Field {
-    Field { number, json, kind, card: Card::Pointer }
+    Field {
+        number,
+        json,
+        kind,
+        card: Card::Pointer,
+    }
 }
 
 /// A repeated field.
 pub const fn r(number: u32, json: &'static str, kind: Kind) -> Field {
-    Field { number, json, kind, card: Card::Repeated }
+    Field {
+        number,
+        json,
+        kind,
+        card: Card::Repeated,
+    }
 }
 
 pub const STR_MAP: Kind = Kind::Map(&Kind::Str);

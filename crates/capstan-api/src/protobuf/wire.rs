@@ -101,7 +101,11 @@ pub fn read_varint(buf: &[u8]) -> Result<(u64, usize), WireError> {
             return Ok((value, i + 1));
         }
     }
-    if buf.len() >= 10 { Err(WireError::VarintOverflow) } else { Err(WireError::Truncated) }
+    if buf.len() >= 10 {
+        Err(WireError::VarintOverflow)
+    } else {
+        Err(WireError::Truncated)
+    }
 }
 
 /// Decodes a packed run of varints (proto3 packed repeated scalars).

@@ -88,6 +88,7 @@ pub(crate) fn decode_body(info: &ResourceInfo, body: &[u8], ct: &str) -> Result<
             let text = std::str::from_utf8(body).map_err(|_| cannot("body is not UTF-8".into()))?;
             serde_saphyr::from_str::<Value>(text).map_err(|e| cannot(format!("yaml: {e}")))
         }
+        "application/vnd.kubernetes.protobuf" => capstan_api::protobuf::decode_request(info, body),
         other => Err(ApiError::unsupported_media_type(other)),
     }
 }
