@@ -143,6 +143,12 @@ fn column_json(c: &Column) -> Value {
     })
 }
 
+/// One row of [`to_table`] for `obj`, for callers that stream large lists row by row.
+pub fn to_row(info: &ResourceInfo, obj: &Value, include_object: IncludeObject, now: jiff::Timestamp) -> Value {
+    let (_, render) = printers::printer(info);
+    row_json(render(obj, now), obj, include_object)
+}
+
 fn row_json(row: Row, obj: &Value, include: IncludeObject) -> Value {
     let mut out = Map::new();
     out.insert("cells".into(), Value::Array(row.cells));

@@ -288,13 +288,10 @@ fn table_bytes(info: &ResourceInfo, items: &[Arc<CachedObject>], metadata: Value
     buf.put_slice(&head[..split]);
     for (i, o) in items.iter().enumerate() {
         let v: Value = serde_json::from_slice(&o.json).map_err(|e| ApiError::internal(e.to_string()))?;
-        let t = table::to_table(info, std::slice::from_ref(&v), include, now);
-        if let Some(row) = t["rows"].get(0) {
-            if i > 0 {
-                buf.put_u8(b',');
-            }
-            buf.put_slice(&ser(row)?);
+        if i > 0 {
+            buf.put_u8(b',');
         }
+        buf.put_slice(&ser(&table::to_row(info, &v, include, now))?);
     }
     buf.put_slice(b"]}");
     Ok(buf.freeze())
