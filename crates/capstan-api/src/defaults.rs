@@ -18,16 +18,21 @@ pub fn apply_defaults(info: &ResourceInfo, obj: &mut Value) {
         ("", "Service") => service(spec(m)),
         ("", "Secret") => secret(m),
         ("", "Namespace") => {
-            spec(m).entry("finalizers").or_insert_with(|| json!(["kubernetes"]));
+            spec(m)
+                .entry("finalizers")
+                .or_insert_with(|| json!(["kubernetes"]));
             status(m).entry("phase").or_insert_with(|| json!("Active"));
         }
         ("", "PersistentVolumeClaim") => {
-            spec(m).entry("volumeMode").or_insert_with(|| json!("Filesystem"));
+            spec(m)
+                .entry("volumeMode")
+                .or_insert_with(|| json!("Filesystem"));
             status(m).entry("phase").or_insert_with(|| json!("Pending"));
         }
         ("", "PersistentVolume") => {
             let s = spec(m);
-            s.entry("persistentVolumeReclaimPolicy").or_insert_with(|| json!("Retain"));
+            s.entry("persistentVolumeReclaimPolicy")
+                .or_insert_with(|| json!("Retain"));
             s.entry("volumeMode").or_insert_with(|| json!("Filesystem"));
             status(m).entry("phase").or_insert_with(|| json!("Pending"));
         }
@@ -85,13 +90,23 @@ pub fn pod_spec(s: &mut Map<String, Value>) {
     set(s, "preemptionPolicy", json!("PreemptLowerPriority"));
     let host_network = s.get("hostNetwork").and_then(Value::as_bool) == Some(true);
     for key in ["containers", "initContainers"] {
-        for c in s.get_mut(key).and_then(Value::as_array_mut).into_iter().flatten() {
+        for c in s
+            .get_mut(key)
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+        {
             if let Some(c) = c.as_object_mut() {
                 container(c, host_network);
             }
         }
     }
-    for v in s.get_mut("volumes").and_then(Value::as_array_mut).into_iter().flatten() {
+    for v in s
+        .get_mut("volumes")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+    {
         if let Some(v) = v.as_object_mut() {
             volume(v);
         }
@@ -107,7 +122,12 @@ fn container(c: &mut Map<String, Value>, host_network: bool) {
     if let Some(res) = c.get_mut("resources").and_then(Value::as_object_mut) {
         resources(res);
     }
-    for p in c.get_mut("ports").and_then(Value::as_array_mut).into_iter().flatten() {
+    for p in c
+        .get_mut("ports")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+    {
         if let Some(p) = p.as_object_mut() {
             set(p, "protocol", json!("TCP"));
             // with host networking the host port is the container port
@@ -124,8 +144,16 @@ fn container(c: &mut Map<String, Value>, host_network: bool) {
             self::probe(probe);
         }
     }
-    for e in c.get_mut("env").and_then(Value::as_array_mut).into_iter().flatten() {
-        if let Some(fr) = e.pointer_mut("/valueFrom/fieldRef").and_then(Value::as_object_mut) {
+    for e in c
+        .get_mut("env")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+    {
+        if let Some(fr) = e
+            .pointer_mut("/valueFrom/fieldRef")
+            .and_then(Value::as_object_mut)
+        {
             set(fr, "apiVersion", json!("v1"));
         }
     }
@@ -226,7 +254,11 @@ fn volume(v: &mut Map<String, Value>) {
 fn service(s: &mut Map<String, Value>) {
     set(s, "type", json!("ClusterIP"));
     set(s, "sessionAffinity", json!("None"));
-    let ty = s.get("type").and_then(Value::as_str).unwrap_or("").to_string();
+    let ty = s
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
     if ty != "ExternalName" {
         set(s, "internalTrafficPolicy", json!("Cluster"));
         set(s, "ipFamilyPolicy", json!("SingleStack"));
@@ -238,7 +270,12 @@ fn service(s: &mut Map<String, Value>) {
     if ty == "LoadBalancer" {
         set(s, "allocateLoadBalancerNodePorts", json!(true));
     }
-    for p in s.get_mut("ports").and_then(Value::as_array_mut).into_iter().flatten() {
+    for p in s
+        .get_mut("ports")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+    {
         if let Some(p) = p.as_object_mut() {
             set(p, "protocol", json!("TCP"));
             if let Some(port) = p.get("port").cloned() {
@@ -258,7 +295,10 @@ fn secret(m: &mut Map<String, Value>) {
     let data = child(m, "data");
     for (k, v) in string_data {
         let text = v.as_str().unwrap_or("");
-        data.insert(k, json!(base64::engine::general_purpose::STANDARD.encode(text)));
+        data.insert(
+            k,
+            json!(base64::engine::general_purpose::STANDARD.encode(text)),
+        );
     }
 }
 
@@ -407,7 +447,11 @@ mod tests {
                 s["dnsPolicy"].as_str(),
                 s["schedulerName"].as_str()
             ),
-            (Some("Always"), Some("ClusterFirst"), Some("default-scheduler"))
+            (
+                Some("Always"),
+                Some("ClusterFirst"),
+                Some("default-scheduler")
+            )
         );
         assert_eq!(s["terminationGracePeriodSeconds"], 30);
         assert_eq!(s["securityContext"], json!({}));
@@ -418,8 +462,14 @@ mod tests {
             .collect();
         assert_eq!(pulls, ["Always", "IfNotPresent", "Always", "Always"]);
         assert_eq!(s["containers"][0]["ports"][0]["protocol"], "TCP");
-        assert_eq!(s["containers"][0]["terminationMessagePath"], "/dev/termination-log");
-        assert_eq!(s["containers"][0]["livenessProbe"]["httpGet"]["scheme"], "HTTP");
+        assert_eq!(
+            s["containers"][0]["terminationMessagePath"],
+            "/dev/termination-log"
+        );
+        assert_eq!(
+            s["containers"][0]["livenessProbe"]["httpGet"]["scheme"],
+            "HTTP"
+        );
         assert_eq!(s["containers"][0]["livenessProbe"]["periodSeconds"], 10);
         assert_eq!(
             s["containers"][2]["resources"],
@@ -499,11 +549,18 @@ mod tests {
             j["spec"]["selector"]["matchLabels"]["batch.kubernetes.io/controller-uid"],
             "u1"
         );
-        assert_eq!(j["spec"]["template"]["metadata"]["labels"]["job-name"], "pi");
+        assert_eq!(
+            j["spec"]["template"]["metadata"]["labels"]["job-name"],
+            "pi"
+        );
         assert_eq!(j["spec"]["template"]["spec"]["restartPolicy"], "Never");
         let wq = defaulted("batch", "jobs", json!({"spec": {"parallelism": 3}}));
         assert!(wq["spec"].get("completions").is_none());
-        let cj = defaulted("batch", "cronjobs", json!({"spec": {"schedule": "* * * * *"}}));
+        let cj = defaulted(
+            "batch",
+            "cronjobs",
+            json!({"spec": {"schedule": "* * * * *"}}),
+        );
         assert_eq!(
             (
                 cj["spec"]["concurrencyPolicy"].as_str(),

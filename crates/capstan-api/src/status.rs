@@ -17,7 +17,11 @@ pub struct Cause {
 
 impl Cause {
     pub fn new(reason: &str, field: impl Into<String>, message: impl Into<String>) -> Self {
-        Cause { reason: reason.into(), field: field.into(), message: message.into() }
+        Cause {
+            reason: reason.into(),
+            field: field.into(),
+            message: message.into(),
+        }
     }
     /// `field: Invalid value: <value>: <detail>` as upstream's field.Invalid.
     pub fn invalid(field: impl Into<String>, value: &Value, detail: &str) -> Self {
@@ -25,10 +29,18 @@ impl Cause {
             Value::String(s) => format!("{s:?}"),
             other => other.to_string(),
         };
-        Cause::new("FieldValueInvalid", field, format!("Invalid value: {shown}: {detail}"))
+        Cause::new(
+            "FieldValueInvalid",
+            field,
+            format!("Invalid value: {shown}: {detail}"),
+        )
     }
     pub fn required(field: impl Into<String>, detail: &str) -> Self {
-        let msg = if detail.is_empty() { "Required value".to_string() } else { format!("Required value: {detail}") };
+        let msg = if detail.is_empty() {
+            "Required value".to_string()
+        } else {
+            format!("Required value: {detail}")
+        };
         Cause::new("FieldValueRequired", field, msg)
     }
     pub fn forbidden(field: impl Into<String>, detail: &str) -> Self {
@@ -39,7 +51,11 @@ impl Cause {
             Value::String(s) => format!("{s:?}"),
             other => other.to_string(),
         };
-        Cause::new("FieldValueDuplicate", field, format!("Duplicate value: {shown}"))
+        Cause::new(
+            "FieldValueDuplicate",
+            field,
+            format!("Duplicate value: {shown}"),
+        )
     }
     pub fn not_supported(field: impl Into<String>, value: &Value, supported: &[&str]) -> Self {
         let shown = match value {
@@ -50,15 +66,26 @@ impl Cause {
         Cause::new(
             "FieldValueNotSupported",
             field,
-            format!("Unsupported value: {shown}: supported values: {}", list.join(", ")),
+            format!(
+                "Unsupported value: {shown}: supported values: {}",
+                list.join(", ")
+            ),
         )
     }
     pub fn too_long(field: impl Into<String>, max: usize) -> Self {
-        Cause::new("FieldValueTooLong", field, format!("Too long: may not be more than {max} bytes"))
+        Cause::new(
+            "FieldValueTooLong",
+            field,
+            format!("Too long: may not be more than {max} bytes"),
+        )
     }
     /// `field: message` as upstream prints a cause inside an Invalid message.
     pub fn render(&self) -> String {
-        if self.field.is_empty() { self.message.clone() } else { format!("{}: {}", self.field, self.message) }
+        if self.field.is_empty() {
+            self.message.clone()
+        } else {
+            format!("{}: {}", self.field, self.message)
+        }
     }
 }
 
@@ -103,12 +130,20 @@ impl ApiError {
     }
 
     pub fn not_found(info: &ResourceInfo, name: &str) -> Self {
-        ApiError::new(404, "NotFound", format!("{} {:?} not found", info.group_resource(), name))
-            .with_details(info, name)
+        ApiError::new(
+            404,
+            "NotFound",
+            format!("{} {:?} not found", info.group_resource(), name),
+        )
+        .with_details(info, name)
     }
     pub fn already_exists(info: &ResourceInfo, name: &str) -> Self {
-        ApiError::new(409, "AlreadyExists", format!("{} {:?} already exists", info.group_resource(), name))
-            .with_details(info, name)
+        ApiError::new(
+            409,
+            "AlreadyExists",
+            format!("{} {:?} already exists", info.group_resource(), name),
+        )
+        .with_details(info, name)
     }
     /// Optimistic-concurrency failure on update.
     pub fn conflict(info: &ResourceInfo, name: &str) -> Self {
@@ -125,8 +160,16 @@ impl ApiError {
     }
     /// A conflict with a custom explanation (e.g. server-side apply field conflicts).
     pub fn conflict_msg(info: &ResourceInfo, name: &str, msg: &str) -> Self {
-        ApiError::new(409, "Conflict", format!("Operation cannot be fulfilled on {} {:?}: {msg}", info.group_resource(), name))
-            .with_details(info, name)
+        ApiError::new(
+            409,
+            "Conflict",
+            format!(
+                "Operation cannot be fulfilled on {} {:?}: {msg}",
+                info.group_resource(),
+                name
+            ),
+        )
+        .with_details(info, name)
     }
     /// 422 Invalid: `Kind "name" is invalid: [cause, cause]` as upstream.
     pub fn invalid(info: &ResourceInfo, name: &str, causes: Vec<Cause>) -> Self {
@@ -134,9 +177,21 @@ impl ApiError {
     }
     pub fn invalid_kind(kind: &str, group: &str, name: &str, causes: Vec<Cause>) -> Self {
         let rendered: Vec<String> = causes.iter().map(Cause::render).collect();
-        let body = if rendered.len() == 1 { rendered[0].clone() } else { format!("[{}]", rendered.join(", ")) };
-        let qualified = if group.is_empty() { kind.to_string() } else { format!("{kind}.{group}") };
-        let mut e = ApiError::new(422, "Invalid", format!("{qualified} {name:?} is invalid: {body}"));
+        let body = if rendered.len() == 1 {
+            rendered[0].clone()
+        } else {
+            format!("[{}]", rendered.join(", "))
+        };
+        let qualified = if group.is_empty() {
+            kind.to_string()
+        } else {
+            format!("{kind}.{group}")
+        };
+        let mut e = ApiError::new(
+            422,
+            "Invalid",
+            format!("{qualified} {name:?} is invalid: {body}"),
+        );
         e.name = Some(name.to_string());
         e.group = Some(group.to_string());
         e.kind = Some(kind.to_string());
@@ -153,7 +208,14 @@ impl ApiError {
         ApiError::new(401, "Unauthorized", "Unauthorized")
     }
     pub fn method_not_supported(info: &ResourceInfo, verb: &str) -> Self {
-        ApiError::new(405, "MethodNotAllowed", format!("{verb} is not supported on resources of kind {:?}", info.group_resource()))
+        ApiError::new(
+            405,
+            "MethodNotAllowed",
+            format!(
+                "{verb} is not supported on resources of kind {:?}",
+                info.group_resource()
+            ),
+        )
     }
     /// 410 for a resourceVersion older than the watch window or a compacted store revision.
     pub fn expired(message: impl Into<String>) -> Self {
@@ -163,13 +225,23 @@ impl ApiError {
         ApiError::new(413, "RequestEntityTooLarge", message)
     }
     pub fn unsupported_media_type(content_type: &str) -> Self {
-        ApiError::new(415, "UnsupportedMediaType", format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/apply-patch+yaml; got {content_type:?}"))
+        ApiError::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/apply-patch+yaml; got {content_type:?}"
+            ),
+        )
     }
     pub fn not_acceptable(message: impl Into<String>) -> Self {
         ApiError::new(406, "NotAcceptable", message)
     }
     pub fn internal(message: impl Into<String>) -> Self {
-        ApiError::new(500, "InternalError", format!("Internal error occurred: {}", message.into()))
+        ApiError::new(
+            500,
+            "InternalError",
+            format!("Internal error occurred: {}", message.into()),
+        )
     }
     pub fn service_unavailable(message: impl Into<String>) -> Self {
         ApiError::new(503, "ServiceUnavailable", message)
@@ -180,7 +252,11 @@ impl ApiError {
     /// 404 for a URL that names no served resource.
     pub fn path_not_found(path: &str) -> Self {
         let _ = path;
-        ApiError::new(404, "NotFound", "the server could not find the requested resource")
+        ApiError::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        )
     }
 
     /// The `Status` object sent on the wire.
@@ -194,16 +270,17 @@ impl ApiError {
             "reason": self.reason,
             "code": self.code,
         });
-        let has_details = self.name.is_some() || self.kind.is_some() || !self.causes.is_empty() || self.retry_after_seconds.is_some();
+        let has_details = self.name.is_some()
+            || self.kind.is_some()
+            || !self.causes.is_empty()
+            || self.retry_after_seconds.is_some();
         if has_details {
             let mut d = serde_json::Map::new();
             if let Some(n) = &self.name {
                 d.insert("name".into(), json!(n));
             }
-            if let Some(g) = &self.group {
-                if !g.is_empty() {
-                    d.insert("group".into(), json!(g));
-                }
+            if let Some(g) = self.group.as_ref().filter(|g| !g.is_empty()) {
+                d.insert("group".into(), json!(g));
             }
             if let Some(k) = &self.kind {
                 d.insert("kind".into(), json!(k));
@@ -247,9 +324,15 @@ mod tests {
         let e = ApiError::invalid(
             cm,
             "Bad",
-            vec![Cause::invalid("metadata.name", &json!("Bad"), "x"), Cause::required("data", "")],
+            vec![
+                Cause::invalid("metadata.name", &json!("Bad"), "x"),
+                Cause::required("data", ""),
+            ],
         );
-        assert_eq!(e.message, "ConfigMap \"Bad\" is invalid: [metadata.name: Invalid value: \"Bad\": x, data: Required value]");
+        assert_eq!(
+            e.message,
+            "ConfigMap \"Bad\" is invalid: [metadata.name: Invalid value: \"Bad\": x, data: Required value]"
+        );
         assert_eq!(e.code, 422);
     }
 }

@@ -24,7 +24,11 @@ mod tests {
     fn every_resource_has_a_type() {
         for r in RESOURCES {
             assert!(
-                crate::validation::decode::round_trip(r, &serde_json::json!({"metadata": {"name": "x"}})).is_some(),
+                crate::validation::decode::round_trip(
+                    r,
+                    &serde_json::json!({"metadata": {"name": "x"}})
+                )
+                .is_some(),
                 "{} has no registered type",
                 r.kind
             );

@@ -12,11 +12,15 @@ use std::net::Ipv4Addr;
 use std::sync::Mutex;
 
 pub fn parse_cidr(cidr: &str) -> Result<(u32, u32), String> {
-    let (ip, bits) = cidr.split_once('/').ok_or_else(|| format!("invalid CIDR {cidr:?}"))?;
+    let (ip, bits) = cidr
+        .split_once('/')
+        .ok_or_else(|| format!("invalid CIDR {cidr:?}"))?;
     let ip: Ipv4Addr = ip.parse().map_err(|_| format!("invalid CIDR {cidr:?}"))?;
     let bits: u32 = bits.parse().map_err(|_| format!("invalid CIDR {cidr:?}"))?;
     if !(8..=30).contains(&bits) {
-        return Err(format!("service CIDR {cidr:?} must have a prefix between /8 and /30"));
+        return Err(format!(
+            "service CIDR {cidr:?} must have a prefix between /8 and /30"
+        ));
     }
     let mask = u32::MAX << (32 - bits);
     Ok((u32::from(ip) & mask, 1u32 << (32 - bits)))
@@ -45,9 +49,21 @@ impl ServiceAllocator {
     pub fn new(cidr: &str, port_range: (u16, u16)) -> Result<Self, String> {
         let (base, size) = parse_cidr(cidr)?;
         if port_range.0 > port_range.1 {
-            return Err(format!("invalid node port range {}-{}", port_range.0, port_range.1));
+            return Err(format!(
+                "invalid node port range {}-{}",
+                port_range.0, port_range.1
+            ));
         }
-        Ok(ServiceAllocator { base, size, cidr: cidr.to_string(), port_range, state: Mutex::new(State { ips: HashSet::new(), ports: HashSet::new() }) })
+        Ok(ServiceAllocator {
+            base,
+            size,
+            cidr: cidr.to_string(),
+            port_range,
+            state: Mutex::new(State {
+                ips: HashSet::new(),
+                ports: HashSet::new(),
+            }),
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -56,11 +72,18 @@ impl ServiceAllocator {
 
     /// Mark every address and port used by stored Services (run at start-up).
     pub fn repair(&self, cache: &WatchCache) {
-        let Some(idx) = RESOURCES.iter().position(|r| r.group.is_empty() && r.plural == "services") else { return };
+        let Some(idx) = RESOURCES
+            .iter()
+            .position(|r| r.group.is_empty() && r.plural == "services")
+        else {
+            return;
+        };
         let (svcs, _) = cache.list(idx, None, None);
         let mut st = self.lock();
         for s in svcs {
-            let Ok(v) = serde_json::from_slice::<Value>(&s.json) else { continue };
+            let Ok(v) = serde_json::from_slice::<Value>(&s.json) else {
+                continue;
+            };
             for ip in cluster_ips(&v) {
                 if let Some(off) = self.offset(ip) {
                     st.ips.insert(off);
@@ -70,7 +93,11 @@ impl ServiceAllocator {
                 st.ports.insert(p);
             }
         }
-        tracing::info!(ips = st.ips.len(), node_ports = st.ports.len(), "service allocations repaired");
+        tracing::info!(
+            ips = st.ips.len(),
+            node_ports = st.ports.len(),
+            "service allocations repaired"
+        );
     }
 
     fn offset(&self, ip: Ipv4Addr) -> Option<u32> {
@@ -83,18 +110,28 @@ impl ServiceAllocator {
         let mut st = self.lock();
         if let Some(r) = requested {
             let field = "spec.clusterIPs";
-            let ip: Ipv4Addr = r.parse().map_err(|_| Cause::invalid(field, &json!([r]), "must be a valid IP address"))?;
+            let ip: Ipv4Addr = r
+                .parse()
+                .map_err(|_| Cause::invalid(field, &json!([r]), "must be a valid IP address"))?;
             let off = self.offset(ip).ok_or_else(|| {
                 Cause::invalid(field, &json!([r]), &format!("failed to allocate IP {r}: the provided IP ({r}) is not in the valid range. The range of valid IPs is {}", self.cidr))
             })?;
             if !st.ips.insert(off) {
-                return Err(Cause::invalid(field, &json!([r]), &format!("failed to allocate IP {r}: provided IP is already allocated")));
+                return Err(Cause::invalid(
+                    field,
+                    &json!([r]),
+                    &format!("failed to allocate IP {r}: provided IP is already allocated"),
+                ));
             }
             return Ok(ip);
         }
         let usable = self.size.saturating_sub(2);
         if st.ips.len() as u32 >= usable {
-            return Err(Cause::invalid("spec.clusterIPs", &json!([]), "failed to allocate a serviceIP: range is full"));
+            return Err(Cause::invalid(
+                "spec.clusterIPs",
+                &json!([]),
+                "failed to allocate a serviceIP: range is full",
+            ));
         }
         let mut rng = rand::rng();
         let start = rng.random_range(0..usable);
@@ -108,14 +145,18 @@ impl ServiceAllocator {
                 return Ok(Ipv4Addr::from(self.base + off));
             }
         }
-        Err(Cause::invalid("spec.clusterIPs", &json!([]), "failed to allocate a serviceIP: range is full"))
+        Err(Cause::invalid(
+            "spec.clusterIPs",
+            &json!([]),
+            "failed to allocate a serviceIP: range is full",
+        ))
     }
 
     pub fn release_ip(&self, ip: &str) {
-        if let Ok(ip) = ip.parse::<Ipv4Addr>() {
-            if let Some(off) = self.offset(ip) {
-                self.lock().ips.remove(&off);
-            }
+        if let Ok(ip) = ip.parse::<Ipv4Addr>()
+            && let Some(off) = self.offset(ip)
+        {
+            self.lock().ips.remove(&off);
         }
     }
 
@@ -125,10 +166,20 @@ impl ServiceAllocator {
         let (lo, hi) = self.port_range;
         if let Some(p) = requested {
             if p < lo || p > hi {
-                return Err(Cause::invalid(field, &json!(p), &format!("provided port is not in the valid range. The range of valid ports is {lo}-{hi}")));
+                return Err(Cause::invalid(
+                    field,
+                    &json!(p),
+                    &format!(
+                        "provided port is not in the valid range. The range of valid ports is {lo}-{hi}"
+                    ),
+                ));
             }
             if !st.ports.insert(p) {
-                return Err(Cause::invalid(field, &json!(p), "provided port is already allocated"));
+                return Err(Cause::invalid(
+                    field,
+                    &json!(p),
+                    "provided port is already allocated",
+                ));
             }
             return Ok(p);
         }
@@ -165,10 +216,10 @@ pub fn cluster_ips(svc: &Value) -> Vec<Ipv4Addr> {
         .as_array()
         .map(|a| a.iter().filter_map(|v| v.as_str()?.parse().ok()).collect())
         .unwrap_or_default();
-    if let Some(ip) = spec["clusterIP"].as_str().and_then(|s| s.parse().ok()) {
-        if !out.contains(&ip) {
-            out.push(ip);
-        }
+    if let Some(ip) = spec["clusterIP"].as_str().and_then(|s| s.parse().ok())
+        && !out.contains(&ip)
+    {
+        out.push(ip);
     }
     out
 }
@@ -176,7 +227,12 @@ pub fn cluster_ips(svc: &Value) -> Vec<Ipv4Addr> {
 pub fn node_ports(svc: &Value) -> Vec<u16> {
     svc["spec"]["ports"]
         .as_array()
-        .map(|a| a.iter().filter_map(|p| p["nodePort"].as_u64().and_then(|n| u16::try_from(n).ok())).filter(|n| *n > 0).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| p["nodePort"].as_u64().and_then(|n| u16::try_from(n).ok()))
+                .filter(|n| *n > 0)
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -190,15 +246,25 @@ mod tests {
         let handles: Vec<_> = (0..4)
             .map(|_| {
                 let a = a.clone();
-                std::thread::spawn(move || (0..50).map(|_| a.allocate_ip(None).unwrap()).collect::<Vec<_>>())
+                std::thread::spawn(move || {
+                    (0..50)
+                        .map(|_| a.allocate_ip(None).unwrap())
+                        .collect::<Vec<_>>()
+                })
             })
             .collect();
-        let mut all: Vec<Ipv4Addr> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
+        let mut all: Vec<Ipv4Addr> = handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
         let n = all.len();
         all.sort();
         all.dedup();
         assert_eq!(all.len(), n);
-        assert!(!all.contains(&Ipv4Addr::new(10, 43, 0, 1)), "the kubernetes service address is reserved");
+        assert!(
+            !all.contains(&Ipv4Addr::new(10, 43, 0, 1)),
+            "the kubernetes service address is reserved"
+        );
     }
 
     #[test]
@@ -210,7 +276,10 @@ mod tests {
         assert!(a.allocate_ip(Some("10.44.0.1")).is_err());
         a.release_ip("10.43.0.10");
         a.allocate_ip(Some("10.43.0.10")).unwrap();
-        assert!(a.allocate_port(Some(29999), "spec.ports[0].nodePort").is_err());
+        assert!(
+            a.allocate_port(Some(29999), "spec.ports[0].nodePort")
+                .is_err()
+        );
         a.allocate_port(Some(30080), "x").unwrap();
         assert!(a.allocate_port(Some(30080), "x").is_err());
     }

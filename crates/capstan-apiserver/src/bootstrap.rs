@@ -16,11 +16,25 @@ const COMPACTION_INTERVAL: Duration = Duration::from_secs(300);
 /// How often namespaces being deleted are checked for remaining content.
 const NAMESPACE_SWEEP: Duration = Duration::from_millis(500);
 
-async fn ensure(server: &ApiServer, plural: &str, ns: Option<&str>, obj: Value) -> Result<(), ApiError> {
+async fn ensure(
+    server: &ApiServer,
+    plural: &str,
+    ns: Option<&str>,
+    obj: Value,
+) -> Result<(), ApiError> {
     let info = find("", "v1", plural).expect("core resource served");
-    let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    let name = obj["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     let key = info.store_key(ns, &name);
-    if server.store.get(&key).await.map_err(|e| ApiError::internal(e.to_string()))?.is_some() {
+    if server
+        .store
+        .get(&key)
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .is_some()
+    {
         return Ok(());
     }
     match handlers::create_internal(server, info, obj).await {
@@ -35,14 +49,19 @@ pub async fn ensure_initial_objects(server: &ApiServer, addr: SocketAddr) -> Res
     for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
         ensure(server, "namespaces", None, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": {"kubernetes.io/metadata.name": ns}}})).await?;
     }
-    let ip = crate::allocator::first_service_ip(&server.config.service_cidr).map_err(ApiError::internal)?;
+    let ip = crate::allocator::first_service_ip(&server.config.service_cidr)
+        .map_err(ApiError::internal)?;
     let svc = json!({
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"component": "apiserver", "provider": "kubernetes"}},
         "spec": {"type": "ClusterIP", "clusterIP": ip.to_string(), "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": addr.port()}], "sessionAffinity": "None"},
     });
     ensure(server, "services", Some("default"), svc).await?;
-    let host = if addr.ip().is_unspecified() { "127.0.0.1".to_string() } else { addr.ip().to_string() };
+    let host = if addr.ip().is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        addr.ip().to_string()
+    };
     let ep = json!({
         "apiVersion": "v1", "kind": "Endpoints",
         "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
@@ -59,11 +78,10 @@ pub async fn compaction_loop(server: Arc<ApiServer>, mut shutdown: watch::Receiv
         tokio::select! {
             _ = shutdown.changed() => break,
             _ = tick.tick() => {
-                if let Some(rev) = previous {
-                    if let Err(e) = server.store.compact(rev).await {
+                if let Some(rev) = previous
+                    && let Err(e) = server.store.compact(rev).await {
                         tracing::warn!(error = %e, rev, "compaction failed");
                     }
-                }
                 previous = server.store.current_revision().await.ok();
             }
         }

@@ -13,6 +13,9 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::{broadcast, watch};
 
+/// Live cache events for one watcher.
+pub type EventReceiver = broadcast::Receiver<Arc<CacheEvent>>;
+
 /// Events kept for watches that resume from a recent resourceVersion.
 const RING_CAPACITY: usize = 16_384;
 /// Events buffered per watcher before it is considered too slow and closed.
@@ -66,7 +69,11 @@ pub enum CacheError {
     #[error("store")]
     Store(#[from] StoreError),
     #[error("object {key} in the store is not valid JSON")]
-    Corrupt { key: String, #[source] source: serde_json::Error },
+    Corrupt {
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 struct Inner {
@@ -99,37 +106,78 @@ fn parse_key(map: &HashMap<String, usize>, key: &str) -> Option<(usize, Option<S
 }
 
 /// Build a cached object from a stored value, stamping resourceVersion = `rev`.
-pub fn cached_object(info: &ResourceInfo, key: &str, ns: Option<String>, name: String, value: &[u8], rev: i64) -> Result<CachedObject, CacheError> {
-    let mut obj: Value = serde_json::from_slice(value).map_err(|source| CacheError::Corrupt { key: key.to_string(), source })?;
+pub fn cached_object(
+    info: &ResourceInfo,
+    key: &str,
+    ns: Option<String>,
+    name: String,
+    value: &[u8],
+    rev: i64,
+) -> Result<CachedObject, CacheError> {
+    let mut obj: Value = serde_json::from_slice(value).map_err(|source| CacheError::Corrupt {
+        key: key.to_string(),
+        source,
+    })?;
     if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
         meta.insert("resourceVersion".into(), Value::String(rev.to_string()));
     }
     let labels = selectors::object_labels(&obj);
     let fields = selectors::object_fields(info, &obj);
-    let json = Bytes::from(serde_json::to_vec(&obj).map_err(|source| CacheError::Corrupt { key: key.to_string(), source })?);
-    Ok(CachedObject { key: key.to_string(), namespace: ns, name, rev, json, labels, fields })
+    let json = Bytes::from(
+        serde_json::to_vec(&obj).map_err(|source| CacheError::Corrupt {
+            key: key.to_string(),
+            source,
+        })?,
+    );
+    Ok(CachedObject {
+        key: key.to_string(),
+        namespace: ns,
+        name,
+        rev,
+        json,
+        labels,
+        fields,
+    })
 }
 
 impl WatchCache {
     /// Load the current state from the store and start following it. The returned task ends
     /// when `shutdown` flips to true or the store watch closes.
-    pub async fn start(store: Arc<dyn Store>, mut shutdown: watch::Receiver<bool>) -> Result<(Arc<WatchCache>, tokio::task::JoinHandle<()>), CacheError> {
+    pub async fn start(
+        store: Arc<dyn Store>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<(Arc<WatchCache>, tokio::task::JoinHandle<()>), CacheError> {
         let by_storage_prefix: HashMap<String, usize> = RESOURCES
             .iter()
             .enumerate()
             .map(|(i, r)| {
                 let p = r.store_prefix();
-                (p.trim_start_matches("/registry/").trim_end_matches('/').to_string(), i)
+                (
+                    p.trim_start_matches("/registry/")
+                        .trim_end_matches('/')
+                        .to_string(),
+                    i,
+                )
             })
             .collect();
         let rev = store.current_revision().await?;
-        let mut objects: Vec<BTreeMap<String, Arc<CachedObject>>> = vec![BTreeMap::new(); RESOURCES.len()];
+        let mut objects: Vec<BTreeMap<String, Arc<CachedObject>>> =
+            vec![BTreeMap::new(); RESOURCES.len()];
         let mut start_after: Option<String> = None;
         loop {
-            let page = store.list("/registry/", start_after.as_deref(), 5000, Some(rev)).await?;
+            let page = store
+                .list("/registry/", start_after.as_deref(), 5000, Some(rev))
+                .await?;
             for kv in &page.items {
                 if let Some((idx, ns, name)) = parse_key(&by_storage_prefix, &kv.key) {
-                    let o = cached_object(&RESOURCES[idx], &kv.key, ns, name, &kv.value, kv.mod_revision)?;
+                    let o = cached_object(
+                        &RESOURCES[idx],
+                        &kv.key,
+                        ns,
+                        name,
+                        &kv.value,
+                        kv.mod_revision,
+                    )?;
                     objects[idx].insert(kv.key.clone(), Arc::new(o));
                 }
             }
@@ -141,7 +189,12 @@ impl WatchCache {
         let (events, _) = broadcast::channel(BROADCAST_CAPACITY);
         let (revision, _) = watch::channel(rev);
         let cache = Arc::new(WatchCache {
-            inner: RwLock::new(Inner { objects, ring: VecDeque::new(), ring_start: rev, revision: rev }),
+            inner: RwLock::new(Inner {
+                objects,
+                ring: VecDeque::new(),
+                ring_start: rev,
+                revision: rev,
+            }),
             events,
             revision,
             by_storage_prefix,
@@ -174,8 +227,12 @@ impl WatchCache {
         };
         let info = &RESOURCES[idx];
         let built = match &ev {
-            WatchEvent::Put { kv, .. } => cached_object(info, &kv.key, ns, name, &kv.value, kv.mod_revision),
-            WatchEvent::Delete { prev, revision } => cached_object(info, &prev.key, ns, name, &prev.value, *revision),
+            WatchEvent::Put { kv, .. } => {
+                cached_object(info, &kv.key, ns, name, &kv.value, kv.mod_revision)
+            }
+            WatchEvent::Delete { prev, revision } => {
+                cached_object(info, &prev.key, ns, name, &prev.value, *revision)
+            }
         };
         let obj = match built {
             Ok(o) => Arc::new(o),
@@ -189,11 +246,24 @@ impl WatchCache {
         let (kind, prev) = match &ev {
             WatchEvent::Put { .. } => {
                 let prev = inner.objects[idx].insert(obj.key.clone(), obj.clone());
-                (if prev.is_some() { EventType::Modified } else { EventType::Added }, prev)
+                (
+                    if prev.is_some() {
+                        EventType::Modified
+                    } else {
+                        EventType::Added
+                    },
+                    prev,
+                )
             }
             WatchEvent::Delete { .. } => (EventType::Deleted, inner.objects[idx].remove(&obj.key)),
         };
-        let event = Arc::new(CacheEvent { resource: idx, kind, object: obj, prev, rev });
+        let event = Arc::new(CacheEvent {
+            resource: idx,
+            kind,
+            object: obj,
+            prev,
+            rev,
+        });
         inner.ring.push_back(event.clone());
         while inner.ring.len() > RING_CAPACITY {
             if let Some(old) = inner.ring.pop_front() {
@@ -224,19 +294,29 @@ impl WatchCache {
         let res = tokio::time::timeout(timeout, rx.wait_for(|r| *r >= rev)).await;
         match res {
             Ok(Ok(_)) => Ok(()),
-            _ => Err(CacheError::TooNew { requested: rev, current: self.revision() }),
+            _ => Err(CacheError::TooNew {
+                requested: rev,
+                current: self.revision(),
+            }),
         }
     }
 
     /// Objects of a resource (optionally one namespace), in key order, with the revision they
     /// were read at.
-    pub fn list(&self, resource: usize, namespace: Option<&str>, start_after: Option<&str>) -> (Vec<Arc<CachedObject>>, i64) {
+    pub fn list(
+        &self,
+        resource: usize,
+        namespace: Option<&str>,
+        start_after: Option<&str>,
+    ) -> (Vec<Arc<CachedObject>>, i64) {
         let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
         let map = &inner.objects[resource];
         let info = &RESOURCES[resource];
         let prefix = info.store_namespace_prefix(namespace);
         let lower = match start_after {
-            Some(k) if k.as_bytes() >= prefix.as_bytes() => std::ops::Bound::Excluded(k.to_string()),
+            Some(k) if k.as_bytes() >= prefix.as_bytes() => {
+                std::ops::Bound::Excluded(k.to_string())
+            }
             _ => std::ops::Bound::Included(prefix.clone()),
         };
         let items = map
@@ -261,10 +341,17 @@ impl WatchCache {
 
     /// Subscribe to events after `after_rev`: the buffered events to replay, then the live
     /// receiver. `TooOld` when the ring no longer reaches back that far.
-    pub fn watch_from(&self, resource: usize, after_rev: i64) -> Result<(Vec<Arc<CacheEvent>>, broadcast::Receiver<Arc<CacheEvent>>), CacheError> {
+    pub fn watch_from(
+        &self,
+        resource: usize,
+        after_rev: i64,
+    ) -> Result<(Vec<Arc<CacheEvent>>, EventReceiver), CacheError> {
         let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
         if after_rev < inner.ring_start {
-            return Err(CacheError::TooOld { requested: after_rev, oldest: inner.ring_start });
+            return Err(CacheError::TooOld {
+                requested: after_rev,
+                oldest: inner.ring_start,
+            });
         }
         let rx = self.events.subscribe();
         let replay = inner
@@ -277,7 +364,15 @@ impl WatchCache {
     }
 
     /// The current objects of a resource and a live receiver starting right after them.
-    pub fn snapshot_and_watch(&self, resource: usize, namespace: Option<&str>) -> (Vec<Arc<CachedObject>>, i64, broadcast::Receiver<Arc<CacheEvent>>) {
+    pub fn snapshot_and_watch(
+        &self,
+        resource: usize,
+        namespace: Option<&str>,
+    ) -> (
+        Vec<Arc<CachedObject>>,
+        i64,
+        broadcast::Receiver<Arc<CacheEvent>>,
+    ) {
         let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
         let rx = self.events.subscribe();
         let prefix = RESOURCES[resource].store_namespace_prefix(namespace);
@@ -298,7 +393,15 @@ impl WatchCache {
 /// Convert a stored key-value to a cached object (for exact-revision lists from the store).
 pub fn from_kv(cache: &WatchCache, kv: &KeyValue) -> Result<Option<CachedObject>, CacheError> {
     match cache.resolve_key(&kv.key) {
-        Some((idx, ns, name)) => cached_object(&RESOURCES[idx], &kv.key, ns, name, &kv.value, kv.mod_revision).map(Some),
+        Some((idx, ns, name)) => cached_object(
+            &RESOURCES[idx],
+            &kv.key,
+            ns,
+            name,
+            &kv.value,
+            kv.mod_revision,
+        )
+        .map(Some),
         None => Ok(None),
     }
 }

@@ -41,7 +41,11 @@ fn groups() -> Vec<&'static str> {
 }
 
 fn versions_of(group: &str) -> Vec<&'static str> {
-    resources::group_versions().into_iter().filter(|(g, _)| *g == group).map(|(_, v)| v).collect()
+    resources::group_versions()
+        .into_iter()
+        .filter(|(g, _)| *g == group)
+        .map(|(_, v)| v)
+        .collect()
 }
 
 pub fn group(group: &str) -> Value {
@@ -74,12 +78,32 @@ fn group_list() -> Value {
 }
 
 /// (name, kind, group, version, verbs) of each subresource entry.
-fn subresource_entries(r: &ResourceInfo) -> Vec<(Subresource, &'static str, &'static str, &'static str, Vec<&'static str>)> {
+fn subresource_entries(
+    r: &ResourceInfo,
+) -> Vec<(
+    Subresource,
+    &'static str,
+    &'static str,
+    &'static str,
+    Vec<&'static str>,
+)> {
     r.subresources
         .iter()
         .map(|s| match s {
-            Subresource::Status => (*s, r.kind, r.group, r.version, vec!["get", "patch", "update"]),
-            Subresource::Scale => (*s, "Scale", "autoscaling", "v1", vec!["get", "patch", "update"]),
+            Subresource::Status => (
+                *s,
+                r.kind,
+                r.group,
+                r.version,
+                vec!["get", "patch", "update"],
+            ),
+            Subresource::Scale => (
+                *s,
+                "Scale",
+                "autoscaling",
+                "v1",
+                vec!["get", "patch", "update"],
+            ),
             Subresource::Binding => (*s, "Binding", "", "v1", vec!["create"]),
         })
         .collect()
@@ -87,7 +111,10 @@ fn subresource_entries(r: &ResourceInfo) -> Vec<(Subresource, &'static str, &'st
 
 pub fn resource_list(group: &str, version: &str) -> Value {
     let mut out = Vec::new();
-    for r in RESOURCES.iter().filter(|r| r.group == group && r.version == version) {
+    for r in RESOURCES
+        .iter()
+        .filter(|r| r.group == group && r.version == version)
+    {
         let mut e = json!({
             "name": r.plural,
             "singularName": r.singular,
@@ -111,7 +138,11 @@ pub fn resource_list(group: &str, version: &str) -> Value {
             out.push(e);
         }
     }
-    let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
+    let gv = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
     json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": out})
 }
 
@@ -147,11 +178,19 @@ fn aggregated(core: bool, api_version: &str) -> Value {
             let versions: Vec<Value> = versions_of(g)
                 .into_iter()
                 .map(|v| {
-                    let res: Vec<Value> = RESOURCES.iter().filter(|r| r.group == g && r.version == v).map(aggregated_resource).collect();
+                    let res: Vec<Value> = RESOURCES
+                        .iter()
+                        .filter(|r| r.group == g && r.version == v)
+                        .map(aggregated_resource)
+                        .collect();
                     json!({"version": v, "resources": res, "freshness": "Current"})
                 })
                 .collect();
-            let meta = if g.is_empty() { json!({"creationTimestamp": null}) } else { json!({"name": g, "creationTimestamp": null}) };
+            let meta = if g.is_empty() {
+                json!({"creationTimestamp": null})
+            } else {
+                json!({"name": g, "creationTimestamp": null})
+            };
             json!({"metadata": meta, "versions": versions})
         })
         .collect();
@@ -176,7 +215,9 @@ fn wants_aggregated(headers: &HeaderMap) -> Option<&'static str> {
 
 fn aggregated_response(core: bool, v: &str) -> http::Response<Body> {
     let mut r = response::json(200, &aggregated(core, &format!("apidiscovery.k8s.io/{v}")));
-    if let Ok(ct) = HeaderValue::from_str(&format!("application/json;g=apidiscovery.k8s.io;v={v};as=APIGroupDiscoveryList")) {
+    if let Ok(ct) = HeaderValue::from_str(&format!(
+        "application/json;g=apidiscovery.k8s.io;v={v};as=APIGroupDiscoveryList"
+    )) {
         r.headers_mut().insert(header::CONTENT_TYPE, ct);
     }
     r
@@ -204,9 +245,13 @@ pub fn core_response(headers: &HeaderMap, config: &ServerConfig) -> http::Respon
 pub fn openapi_v2_response(headers: &HeaderMap) -> http::Response<Body> {
     // kube-openapi answers both spellings with the dotted one.
     const PROTOBUF: &str = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf";
-    static PROTO: std::sync::LazyLock<Vec<u8>> =
-        std::sync::LazyLock::new(|| crate::openapi_proto::encode_v2_document(crate::openapi::openapi_v2()));
-    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("*/*");
+    static PROTO: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
+        crate::openapi_proto::encode_v2_document(crate::openapi::openapi_v2())
+    });
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("*/*");
     for clause in accept.split(',') {
         let media = clause.split(';').next().unwrap_or("").trim();
         let (kind, subtype) = media.split_once('/').unwrap_or((media, ""));
@@ -215,13 +260,17 @@ pub fn openapi_v2_response(headers: &HeaderMap) -> http::Response<Body> {
         }
         match subtype {
             "json" | "*" => return response::json_bytes(200, crate::openapi::openapi_v2_json()),
-            "com.github.proto-openapi.spec.v2@v1.0+protobuf" | "com.github.proto-openapi.spec.v2.v1.0+protobuf" => {
+            "com.github.proto-openapi.spec.v2@v1.0+protobuf"
+            | "com.github.proto-openapi.spec.v2.v1.0+protobuf" => {
                 let mut r = response::json_bytes(200, PROTO.as_slice());
-                r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(PROTOBUF));
+                r.headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROTOBUF));
                 return r;
             }
             _ => {}
         }
     }
-    response::error(&capstan_api::ApiError::not_acceptable("only JSON and protobuf are served for /openapi/v2"))
+    response::error(&capstan_api::ApiError::not_acceptable(
+        "only JSON and protobuf are served for /openapi/v2",
+    ))
 }

@@ -15,7 +15,11 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
     #[error("reading or writing {path}")]
-    Io { path: PathBuf, #[source] source: std::io::Error },
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("certificate generation")]
     Rcgen(#[from] rcgen::Error),
 }
@@ -34,7 +38,10 @@ pub struct ClusterCa {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
-    move |source| PkiError::Io { path: path.to_path_buf(), source }
+    move |source| PkiError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Write `contents` to `path` with mode 0600, atomically (temp file + rename).
@@ -68,9 +75,15 @@ impl ClusterCa {
         }
         let kp = KeyPair::generate()?;
         let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.distinguished_name.push(DnType::CommonName, "capstan-ca");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "capstan-ca");
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         let cert = params.self_signed(&kp)?;
         let cert_pem = cert.pem();
         write_private(&key, kp.serialize_pem().as_bytes())?;
@@ -85,9 +98,14 @@ impl ClusterCa {
         for ip in ips {
             params.subject_alt_names.push(SanType::IpAddress(*ip));
         }
-        params.distinguished_name.push(DnType::CommonName, "kube-apiserver");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "kube-apiserver");
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
         self.sign(params)
     }
 
@@ -99,14 +117,20 @@ impl ClusterCa {
             params.distinguished_name.push(DnType::OrganizationName, *g);
         }
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
         self.sign(params)
     }
 
     fn sign(&self, params: CertificateParams) -> Result<CertKey, PkiError> {
         let kp = KeyPair::generate()?;
         let cert = params.signed_by(&kp, &self.issuer)?;
-        Ok(CertKey { cert_pem: cert.pem(), key_pem: kp.serialize_pem() })
+        Ok(CertKey {
+            cert_pem: cert.pem(),
+            key_pem: kp.serialize_pem(),
+        })
     }
 }
 
@@ -132,7 +156,10 @@ mod tests {
         let a = ClusterCa::load_or_create(dir.path()).unwrap();
         let b = ClusterCa::load_or_create(dir.path()).unwrap();
         assert_eq!(a.cert_pem, b.cert_pem);
-        let mode = fs::metadata(dir.path().join("ca.key")).unwrap().permissions().mode();
+        let mode = fs::metadata(dir.path().join("ca.key"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let c = b.client_cert("system:admin", &["system:masters"]).unwrap();
         assert!(c.cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));

@@ -42,7 +42,9 @@ impl ResourcePath {
 }
 
 fn index_of(group: &str, version: &str, plural: &str) -> Option<usize> {
-    RESOURCES.iter().position(|r| r.group == group && r.version == version && r.plural == plural)
+    RESOURCES
+        .iter()
+        .position(|r| r.group == group && r.version == version && r.plural == plural)
 }
 
 fn sub_of(s: &str) -> Option<Subresource> {
@@ -71,7 +73,8 @@ pub fn parse_path(path: &str) -> Target {
     if let Some(rest) = path.strip_prefix("/openapi/v3/") {
         return Target::OpenApiV3(rest.to_string());
     }
-    if path.starts_with("/healthz/") || path.starts_with("/livez/") || path.starts_with("/readyz/") {
+    if path.starts_with("/healthz/") || path.starts_with("/livez/") || path.starts_with("/readyz/")
+    {
         return Target::Health("check");
     }
     let segs: Vec<&str> = path.split('/').skip(1).collect();
@@ -90,44 +93,83 @@ pub fn parse_path(path: &str) -> Target {
     if !resources::group_versions().contains(&(group, version)) {
         return Target::NotFound;
     }
-    let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned();
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
     let ns_idx = index_of("", "v1", "namespaces");
     let res = match rest {
         [] => return Target::GroupVersion(group.to_string(), version.to_string()),
-        ["namespaces", ns, plural, tail @ ..] if index_of(group, version, plural).is_some_and(|i| RESOURCES[i].namespaced) => {
+        ["namespaces", ns, plural, tail @ ..]
+            if index_of(group, version, plural).is_some_and(|i| RESOURCES[i].namespaced) =>
+        {
             let idx = index_of(group, version, plural).unwrap_or_default();
             match tail {
-                [] => ResourcePath { resource: idx, namespace: Some(decode(ns)), name: None, subresource: None },
-                [name] => ResourcePath { resource: idx, namespace: Some(decode(ns)), name: Some(decode(name)), subresource: None },
+                [] => ResourcePath {
+                    resource: idx,
+                    namespace: Some(decode(ns)),
+                    name: None,
+                    subresource: None,
+                },
+                [name] => ResourcePath {
+                    resource: idx,
+                    namespace: Some(decode(ns)),
+                    name: Some(decode(name)),
+                    subresource: None,
+                },
                 [name, sub] => match sub_of(sub) {
-                    Some(s) => ResourcePath { resource: idx, namespace: Some(decode(ns)), name: Some(decode(name)), subresource: Some(s) },
+                    Some(s) => ResourcePath {
+                        resource: idx,
+                        namespace: Some(decode(ns)),
+                        name: Some(decode(name)),
+                        subresource: Some(s),
+                    },
                     None => return Target::NotFound,
                 },
                 _ => return Target::NotFound,
             }
         }
         [plural, tail @ ..] => {
-            let Some(idx) = index_of(group, version, plural) else { return Target::NotFound };
+            let Some(idx) = index_of(group, version, plural) else {
+                return Target::NotFound;
+            };
             match tail {
-                [] => ResourcePath { resource: idx, namespace: None, name: None, subresource: None },
-                [name] if !RESOURCES[idx].namespaced => {
-                    ResourcePath { resource: idx, namespace: None, name: Some(decode(name)), subresource: None }
-                }
+                [] => ResourcePath {
+                    resource: idx,
+                    namespace: None,
+                    name: None,
+                    subresource: None,
+                },
+                [name] if !RESOURCES[idx].namespaced => ResourcePath {
+                    resource: idx,
+                    namespace: None,
+                    name: Some(decode(name)),
+                    subresource: None,
+                },
                 [name, sub] if !RESOURCES[idx].namespaced => match sub_of(sub) {
-                    Some(s) => ResourcePath { resource: idx, namespace: None, name: Some(decode(name)), subresource: Some(s) },
-                    None if Some(idx) == ns_idx && *sub == "finalize" => {
-                        ResourcePath { resource: idx, namespace: None, name: Some(decode(name)), subresource: Some(Subresource::Status) }
-                    }
+                    Some(s) => ResourcePath {
+                        resource: idx,
+                        namespace: None,
+                        name: Some(decode(name)),
+                        subresource: Some(s),
+                    },
+                    None if Some(idx) == ns_idx && *sub == "finalize" => ResourcePath {
+                        resource: idx,
+                        namespace: None,
+                        name: Some(decode(name)),
+                        subresource: Some(Subresource::Status),
+                    },
                     None => return Target::NotFound,
                 },
                 _ => return Target::NotFound,
             }
         }
     };
-    if let Some(sub) = res.subresource {
-        if !res.info().has_subresource(sub) {
-            return Target::NotFound;
-        }
+    if let Some(sub) = res.subresource
+        && !res.info().has_subresource(sub)
+    {
+        return Target::NotFound;
     }
     Target::Resource(res)
 }
@@ -152,7 +194,10 @@ impl Query {
     pub fn int(&self, k: &str) -> Result<Option<i64>, ApiError> {
         match self.get(k) {
             None => Ok(None),
-            Some(v) => v.parse().map(Some).map_err(|_| ApiError::bad_request(format!("invalid value for {k}: {v:?}"))),
+            Some(v) => v
+                .parse()
+                .map(Some)
+                .map_err(|_| ApiError::bad_request(format!("invalid value for {k}: {v:?}"))),
         }
     }
     /// `dryRun=All` (the only value upstream accepts).
@@ -160,7 +205,9 @@ impl Query {
         match self.get("dryRun") {
             None => Ok(false),
             Some("All") => Ok(true),
-            Some(other) => Err(ApiError::bad_request(format!("Invalid dry run value: {other:?}; supported values: \"All\""))),
+            Some(other) => Err(ApiError::bad_request(format!(
+                "Invalid dry run value: {other:?}; supported values: \"All\""
+            ))),
         }
     }
 }
@@ -176,21 +223,28 @@ pub enum Rendering {
 
 /// Choose a rendering from the Accept header; Err(406) when nothing acceptable is offered.
 pub fn negotiate(accept: Option<&str>) -> Result<Rendering, ApiError> {
-    let Some(accept) = accept else { return Ok(Rendering::Json) };
+    let Some(accept) = accept else {
+        return Ok(Rendering::Json);
+    };
     let mut json_ok = false;
     for part in accept.split(',') {
         let part = part.trim();
         let mut params = part.split(';').map(str::trim);
         let mime = params.next().unwrap_or("");
         let rest: Vec<&str> = params.collect();
-        let is_json = matches!(mime, "application/json" | "*/*" | "application/*" | "application/yaml");
+        let is_json = matches!(
+            mime,
+            "application/json" | "*/*" | "application/*" | "application/yaml"
+        );
         if !is_json {
             continue;
         }
         let as_ = rest.iter().find_map(|p| p.strip_prefix("as="));
         match as_ {
             Some("Table") => return Ok(Rendering::Table),
-            Some("PartialObjectMetadata" | "PartialObjectMetadataList") => return Ok(Rendering::Metadata),
+            Some("PartialObjectMetadata" | "PartialObjectMetadataList") => {
+                return Ok(Rendering::Metadata);
+            }
             Some(_) => continue,
             None => json_ok = true,
         }
@@ -201,7 +255,9 @@ pub fn negotiate(accept: Option<&str>) -> Result<Rendering, ApiError> {
     if json_ok {
         Ok(Rendering::Json)
     } else {
-        Err(ApiError::not_acceptable(format!("only the following media types are accepted: application/json, application/yaml; got {accept:?}")))
+        Err(ApiError::not_acceptable(format!(
+            "only the following media types are accepted: application/json, application/yaml; got {accept:?}"
+        )))
     }
 }
 
@@ -239,15 +295,24 @@ mod tests {
     fn unknown_paths_are_not_found() {
         assert_eq!(parse_path("/api/v1/widgets"), Target::NotFound);
         assert_eq!(parse_path("/apis/apps/v9/deployments"), Target::NotFound);
-        assert_eq!(parse_path("/api/v1/namespaces/a/configmaps/b/scale"), Target::NotFound);
+        assert_eq!(
+            parse_path("/api/v1/namespaces/a/configmaps/b/scale"),
+            Target::NotFound
+        );
     }
 
     #[test]
     fn table_is_negotiated_from_kubectl_accept() {
         let a = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json";
         assert_eq!(negotiate(Some(a)).unwrap(), Rendering::Table);
-        assert_eq!(negotiate(Some("application/json")).unwrap(), Rendering::Json);
+        assert_eq!(
+            negotiate(Some("application/json")).unwrap(),
+            Rendering::Json
+        );
         assert!(negotiate(Some("application/vnd.kubernetes.protobuf")).is_err());
-        assert_eq!(negotiate(Some("application/vnd.kubernetes.protobuf, */*")).unwrap(), Rendering::Json);
+        assert_eq!(
+            negotiate(Some("application/vnd.kubernetes.protobuf, */*")).unwrap(),
+            Rendering::Json
+        );
     }
 }

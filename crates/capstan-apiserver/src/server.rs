@@ -40,7 +40,11 @@ pub enum ServeError {
     #[error("TLS configuration")]
     Tls(#[from] rustls::Error),
     #[error("binding {addr}")]
-    Bind { addr: SocketAddr, #[source] source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("loading the watch cache")]
     Cache(#[from] crate::cache::CacheError),
     #[error("bootstrapping initial objects: {0}")]
@@ -75,7 +79,10 @@ fn tls_config(ca: &ClusterCa, config: &ServerConfig) -> Result<rustls::ServerCon
         "kubernetes.default.svc".to_string(),
         "kubernetes.default.svc.cluster.local".to_string(),
     ];
-    let mut ips: Vec<IpAddr> = vec![IpAddr::from([127, 0, 0, 1]), IpAddr::from(std::net::Ipv6Addr::LOCALHOST)];
+    let mut ips: Vec<IpAddr> = vec![
+        IpAddr::from([127, 0, 0, 1]),
+        IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+    ];
     if !config.bind_address.is_unspecified() && !ips.contains(&config.bind_address) {
         ips.push(config.bind_address);
     }
@@ -89,7 +96,9 @@ fn tls_config(ca: &ClusterCa, config: &ServerConfig) -> Result<rustls::ServerCon
         }
     }
     let serving = ca.serving_cert(&dns, &ips)?;
-    let certs: Vec<_> = rustls_pemfile::certs(&mut serving.cert_pem.as_bytes()).filter_map(Result::ok).collect();
+    let certs: Vec<_> = rustls_pemfile::certs(&mut serving.cert_pem.as_bytes())
+        .filter_map(Result::ok)
+        .collect();
     let key = rustls_pemfile::private_key(&mut serving.key_pem.as_bytes())
         .ok()
         .flatten()
@@ -102,29 +111,47 @@ fn tls_config(ca: &ClusterCa, config: &ServerConfig) -> Result<rustls::ServerCon
         .allow_unauthenticated()
         .build()
         .map_err(|e| ServeError::Config(format!("client verifier: {e}")))?;
-    let mut tls = rustls::ServerConfig::builder().with_client_cert_verifier(verifier).with_single_cert(certs, key)?;
+    let mut tls = rustls::ServerConfig::builder()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)?;
     tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(tls)
 }
 
 /// Start the API server on `store`: load the CA, write the admin kubeconfig, fill the watch
 /// cache, create the initial objects, bind and serve until `shutdown` becomes true.
-pub async fn start(config: ServerConfig, store: Arc<dyn Store>, shutdown: watch::Receiver<bool>) -> Result<Running, ServeError> {
+pub async fn start(
+    config: ServerConfig,
+    store: Arc<dyn Store>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Running, ServeError> {
     let tls_dir = config.data_dir.join("tls");
     let ca = ClusterCa::load_or_create(&tls_dir)?;
     let tls = tls_config(&ca, &config)?;
     let addr = SocketAddr::new(config.bind_address, config.https_port);
-    let listener = TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })?;
-    let addr = listener.local_addr().map_err(|source| ServeError::Bind { addr, source })?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| ServeError::Bind { addr, source })?;
 
     let kubeconfig_path = config.data_dir.join("admin.kubeconfig");
-    let host = if config.bind_address.is_unspecified() { IpAddr::from([127, 0, 0, 1]) } else { config.bind_address };
+    let host = if config.bind_address.is_unspecified() {
+        IpAddr::from([127, 0, 0, 1])
+    } else {
+        config.bind_address
+    };
     let url = format!("https://{}", SocketAddr::new(host, addr.port()));
     let admin = ca.client_cert("system:admin", &["system:masters"])?;
-    pki::write_private(&kubeconfig_path, pki::kubeconfig(&url, &ca.cert_pem, &admin, "capstan").as_bytes())?;
+    pki::write_private(
+        &kubeconfig_path,
+        pki::kubeconfig(&url, &ca.cert_pem, &admin, "capstan").as_bytes(),
+    )?;
 
     let (cache, cache_task) = WatchCache::start(store.clone(), shutdown.clone()).await?;
-    let allocator = ServiceAllocator::new(&config.service_cidr, config.node_port_range).map_err(ServeError::Config)?;
+    let allocator = ServiceAllocator::new(&config.service_cidr, config.node_port_range)
+        .map_err(ServeError::Config)?;
     let server = Arc::new(ApiServer {
         store,
         cache,
@@ -134,17 +161,39 @@ pub async fn start(config: ServerConfig, store: Arc<dyn Store>, shutdown: watch:
         write_lock: tokio::sync::Mutex::new(()),
     });
     server.allocator.repair(&server.cache);
-    crate::bootstrap::ensure_initial_objects(&server, addr).await.map_err(|e| ServeError::Bootstrap(e.message))?;
+    crate::bootstrap::ensure_initial_objects(&server, addr)
+        .await
+        .map_err(|e| ServeError::Bootstrap(e.message))?;
 
     let acceptor = TlsAcceptor::from(Arc::new(tls));
-    let accept_task = tokio::spawn(accept_loop(listener, acceptor, server.clone(), shutdown.clone()));
-    let compact_task = tokio::spawn(crate::bootstrap::compaction_loop(server.clone(), shutdown.clone()));
-    let ns_task = tokio::spawn(crate::bootstrap::namespace_finalizer_loop(server.clone(), shutdown));
+    let accept_task = tokio::spawn(accept_loop(
+        listener,
+        acceptor,
+        server.clone(),
+        shutdown.clone(),
+    ));
+    let compact_task = tokio::spawn(crate::bootstrap::compaction_loop(
+        server.clone(),
+        shutdown.clone(),
+    ));
+    let ns_task = tokio::spawn(crate::bootstrap::namespace_finalizer_loop(
+        server.clone(),
+        shutdown,
+    ));
     tracing::info!(%addr, kubeconfig = %kubeconfig_path.display(), "API server listening");
-    Ok(Running { addr, server, tasks: vec![cache_task, accept_task, compact_task, ns_task] })
+    Ok(Running {
+        addr,
+        server,
+        tasks: vec![cache_task, accept_task, compact_task, ns_task],
+    })
 }
 
-async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, server: Arc<ApiServer>, mut shutdown: watch::Receiver<bool>) {
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    server: Arc<ApiServer>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         let (tcp, peer) = tokio::select! {
             _ = shutdown.changed() => break,
@@ -162,14 +211,15 @@ async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, server: Arc<A
         let server = server.clone();
         let mut conn_shutdown = shutdown.clone();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                Ok(Ok(t)) => t,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => return,
-            };
+            let tls =
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(t)) => t,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
+                };
             let svc = service_fn(move |req| {
                 let server = server.clone();
                 async move { Ok::<_, std::convert::Infallible>(dispatch(server, req).await) }
@@ -197,8 +247,14 @@ async fn dispatch(server: Arc<ApiServer>, req: http::Request<Incoming>) -> http:
         Target::Version => response::json(200, &discovery::version()),
         Target::Health(_) => response::text(200, "ok"),
         Target::CoreVersions => discovery::core_response(req.headers(), &server.config),
-        Target::Groups | Target::Group(_) | Target::GroupVersion(..) if method != http::Method::GET => {
-            response::error(&ApiError::new(405, "MethodNotAllowed", "the server does not allow this method on the requested resource"))
+        Target::Groups | Target::Group(_) | Target::GroupVersion(..)
+            if method != http::Method::GET =>
+        {
+            response::error(&ApiError::new(
+                405,
+                "MethodNotAllowed",
+                "the server does not allow this method on the requested resource",
+            ))
         }
         Target::Groups => discovery::groups_response(req.headers()),
         Target::Group(g) => response::json(200, &discovery::group(&g)),

@@ -14,7 +14,12 @@ pub fn args_with_config_file(args: Vec<OsString>) -> anyhow::Result<Vec<OsString
     while let Some(a) = it.next() {
         let s = a.to_string_lossy().to_string();
         if s == "--config" || s == "-c" {
-            path = Some(it.next().context("--config needs a file")?.to_string_lossy().to_string());
+            path = Some(
+                it.next()
+                    .context("--config needs a file")?
+                    .to_string_lossy()
+                    .to_string(),
+            );
         } else if let Some(p) = s.strip_prefix("--config=") {
             path = Some(p.to_string());
         } else {
@@ -22,7 +27,8 @@ pub fn args_with_config_file(args: Vec<OsString>) -> anyhow::Result<Vec<OsString
         }
     }
     let Some(path) = path else { return Ok(rest) };
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading config file {path}"))?;
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading config file {path}"))?;
     let from_file = flags_from_yaml(&text).with_context(|| format!("config file {path}"))?;
     // Insert after the program name and subcommand.
     let split = rest.len().min(2);
@@ -73,9 +79,27 @@ mod tests {
     fn yaml_becomes_flags_and_command_line_comes_last() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("c.yaml");
-        std::fs::write(&f, "https-port: 7443\ndisable-agent: true\ntls-san: [a.example, 10.0.0.1]\n").unwrap();
-        let args: Vec<OsString> = ["capstan", "server", "--config", f.to_str().unwrap(), "--https-port", "8443"].iter().map(OsString::from).collect();
-        let out: Vec<String> = args_with_config_file(args).unwrap().into_iter().map(|s| s.to_string_lossy().into()).collect();
+        std::fs::write(
+            &f,
+            "https-port: 7443\ndisable-agent: true\ntls-san: [a.example, 10.0.0.1]\n",
+        )
+        .unwrap();
+        let args: Vec<OsString> = [
+            "capstan",
+            "server",
+            "--config",
+            f.to_str().unwrap(),
+            "--https-port",
+            "8443",
+        ]
+        .iter()
+        .map(OsString::from)
+        .collect();
+        let out: Vec<String> = args_with_config_file(args)
+            .unwrap()
+            .into_iter()
+            .map(|s| s.to_string_lossy().into())
+            .collect();
         assert_eq!(out[..2], ["capstan", "server"]);
         assert!(out.contains(&"--https-port=7443".to_string()));
         assert!(out.contains(&"--disable-agent".to_string()));

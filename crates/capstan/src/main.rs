@@ -7,7 +7,11 @@ mod server;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "capstan", version, about = "A Kubernetes-compatible orchestrator in one binary")]
+#[command(
+    name = "capstan",
+    version,
+    about = "A Kubernetes-compatible orchestrator in one binary"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -23,7 +27,9 @@ fn main() -> anyhow::Result<()> {
     let args = config::args_with_config_file(std::env::args_os().collect())?;
     let cli = Cli::parse_from(args);
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     rustls::crypto::aws_lc_rs::default_provider()

@@ -39,8 +39,13 @@ pub struct ServerArgs {
 }
 
 fn port_range(s: &str) -> anyhow::Result<(u16, u16)> {
-    let (a, b) = s.split_once('-').context("--service-node-port-range must be LOW-HIGH")?;
-    Ok((a.trim().parse().context("port range low")?, b.trim().parse().context("port range high")?))
+    let (a, b) = s
+        .split_once('-')
+        .context("--service-node-port-range must be LOW-HIGH")?;
+    Ok((
+        a.trim().parse().context("port range low")?,
+        b.trim().parse().context("port range high")?,
+    ))
 }
 
 fn open_store(args: &ServerArgs) -> anyhow::Result<Arc<dyn Store>> {
@@ -48,19 +53,26 @@ fn open_store(args: &ServerArgs) -> anyhow::Result<Arc<dyn Store>> {
         None => args.data_dir.join("db").join("state.db"),
         Some(e) => match e.strip_prefix("sqlite://") {
             Some(p) => PathBuf::from(p),
-            None => anyhow::bail!("unsupported --datastore-endpoint {e:?}: only sqlite://PATH is available in this build"),
+            None => anyhow::bail!(
+                "unsupported --datastore-endpoint {e:?}: only sqlite://PATH is available in this build"
+            ),
         },
     };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let store = SqliteStore::open(&path).with_context(|| format!("opening SQLite store {}", path.display()))?;
+    let store = SqliteStore::open(&path)
+        .with_context(|| format!("opening SQLite store {}", path.display()))?;
     Ok(Arc::new(store))
 }
 
 pub fn run(args: ServerArgs) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
     rt.block_on(async move {
         let store = open_store(&args)?;
         let config = ServerConfig {

@@ -2,7 +2,7 @@
 //! generators and common manifests set; anything else is refused by number.
 
 use super::meta::OBJECT_META;
-use super::schema::{p, r, v, Kind::*, Message, BYTES_MAP, QUANTITY_MAP, STR_MAP};
+use super::schema::{BYTES_MAP, Kind::*, Message, QUANTITY_MAP, STR_MAP, p, r, v};
 
 pub static NAMESPACE: Message = Message {
     name: "Namespace",

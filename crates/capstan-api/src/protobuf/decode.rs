@@ -6,7 +6,7 @@ use serde_json::{Map, Value};
 use thiserror::Error;
 
 use super::schema::{Card, Field, Kind, Message};
-use super::wire::{read_packed_varints, Fields, WireError, WireValue};
+use super::wire::{Fields, WireError, WireValue, read_packed_varints};
 
 /// Why message bytes could not become JSON.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -175,7 +175,7 @@ fn decode_map_entry(
                 return Err(DecodeError::WireType {
                     number,
                     message: msg.name,
-                })
+                });
             }
         }
     }
@@ -201,7 +201,7 @@ fn decode_time(buf: &[u8]) -> Result<Option<Value>, DecodeError> {
                 return Err(DecodeError::UnknownField {
                     number,
                     message: "Timestamp",
-                })
+                });
             }
         }
     }
@@ -220,7 +220,7 @@ fn decode_quantity(buf: &[u8]) -> Result<Value, DecodeError> {
                 return Err(DecodeError::UnknownField {
                     number,
                     message: "Quantity",
-                })
+                });
             }
         }
     }
@@ -243,7 +243,7 @@ fn decode_int_or_string(buf: &[u8]) -> Result<Value, DecodeError> {
                 return Err(DecodeError::UnknownField {
                     number,
                     message: "IntOrString",
-                })
+                });
             }
         }
     }

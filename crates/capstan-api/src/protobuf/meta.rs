@@ -1,6 +1,6 @@
 //! k8s.io/apimachinery pkg/apis/meta/v1 messages (generated.proto field numbers).
 
-use super::schema::{p, r, v, Kind::*, Message, STR_MAP};
+use super::schema::{Kind::*, Message, STR_MAP, p, r, v};
 
 pub static OBJECT_META: Message = Message {
     name: "ObjectMeta",

@@ -19,7 +19,7 @@ mod tests;
 use serde_json::{Map, Value};
 
 use crate::{ApiError, ResourceInfo};
-use decode::{decode_message, DecodeError};
+use decode::{DecodeError, decode_message};
 use schema::Message;
 use wire::{Fields, WireValue};
 
@@ -118,7 +118,7 @@ impl<'a> Unknown<'a> {
                     return Err(DecodeError::UnknownField {
                         number,
                         message: "Unknown",
-                    })
+                    });
                 }
             }
         }
@@ -136,7 +136,7 @@ fn parse_type_meta(buf: &[u8]) -> Result<(String, String), DecodeError> {
                 return Err(DecodeError::UnknownField {
                     number,
                     message: "TypeMeta",
-                })
+                });
             }
         }
     }

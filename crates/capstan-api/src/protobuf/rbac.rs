@@ -1,7 +1,7 @@
 //! k8s.io/api rbac/v1 and scheduling/v1 messages (generated.proto field numbers).
 
 use super::meta::{LABEL_SELECTOR, OBJECT_META};
-use super::schema::{p, r, v, Kind::*, Message};
+use super::schema::{Kind::*, Message, p, r, v};
 
 pub static ROLE: Message = Message {
     name: "Role",

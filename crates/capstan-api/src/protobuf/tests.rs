@@ -3,8 +3,8 @@
 use serde_json::json;
 
 use super::decode_request;
-use crate::resources::find;
 use crate::ResourceInfo;
+use crate::resources::find;
 
 fn varint(mut v: u64) -> Vec<u8> {
     let mut out = Vec::new();

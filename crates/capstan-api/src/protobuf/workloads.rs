@@ -2,7 +2,7 @@
 
 use super::core_v1::{OBJECT_REFERENCE, POD_TEMPLATE_SPEC};
 use super::meta::{LABEL_SELECTOR, OBJECT_META};
-use super::schema::{p, r, v, Kind::*, Message};
+use super::schema::{Kind::*, Message, p, r, v};
 
 pub static DEPLOYMENT: Message = Message {
     name: "Deployment",

@@ -196,7 +196,10 @@ pub fn root_definition(info: &ResourceInfo) -> &'static str {
         g => g.split('.').next().unwrap_or(g),
     };
     let name = if info.group == "apiextensions.k8s.io" {
-        format!("io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.{}.{}", info.version, info.kind)
+        format!(
+            "io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.{}.{}",
+            info.version, info.kind
+        )
     } else {
         format!("io.k8s.api.{short}.{}.{}", info.version, info.kind)
     };

@@ -159,7 +159,9 @@ fn unescape_value(s: &str) -> Result<String, String> {
     for c in s.chars() {
         if in_slash {
             if !matches!(c, '\\' | ',' | '=') {
-                return Err(format!("invalid field selector: invalid escape sequence: \\{c}"));
+                return Err(format!(
+                    "invalid field selector: invalid escape sequence: \\{c}"
+                ));
             }
             out.push(c);
             in_slash = false;
@@ -168,7 +170,12 @@ fn unescape_value(s: &str) -> Result<String, String> {
         match c {
             '\\' => in_slash = true,
             // Go prints the rune with %v, i.e. as its number
-            ',' | '=' => return Err(format!("invalid field selector: unescaped character in value: {}", c as u32)),
+            ',' | '=' => {
+                return Err(format!(
+                    "invalid field selector: unescaped character in value: {}",
+                    c as u32
+                ));
+            }
             _ => out.push(c),
         }
     }
@@ -245,14 +252,18 @@ fn convert_field_label(info: &ResourceInfo, label: &str) -> Result<String, Strin
             return if meta_ns.contains(&label) || label == "status.successful" {
                 Ok(label.into())
             } else {
-                Err(format!("field label {label:?} not supported for batchv1.Job"))
+                Err(format!(
+                    "field label {label:?} not supported for batchv1.Job"
+                ))
             };
         }
         ("apps", "StatefulSet") => {
             return if meta_ns.contains(&label) || label == "status.successful" {
                 Ok(label.into())
             } else {
-                Err(format!("field label not supported for appsv1.StatefulSet: {label}"))
+                Err(format!(
+                    "field label not supported for appsv1.StatefulSet: {label}"
+                ))
             };
         }
         _ => {
@@ -282,11 +293,17 @@ fn text(obj: &Value, pointer: &str) -> String {
 }
 
 fn boolean(obj: &Value, pointer: &str) -> String {
-    obj.pointer(pointer).and_then(Value::as_bool).unwrap_or(false).to_string()
+    obj.pointer(pointer)
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+        .to_string()
 }
 
 fn int(obj: &Value, pointer: &str) -> String {
-    obj.pointer(pointer).and_then(Value::as_i64).unwrap_or(0).to_string()
+    obj.pointer(pointer)
+        .and_then(Value::as_i64)
+        .unwrap_or(0)
+        .to_string()
 }
 
 /// The fields a field selector is matched against for this object, as upstream's
@@ -295,7 +312,10 @@ pub fn object_fields(info: &ResourceInfo, obj: &Value) -> BTreeMap<String, Strin
     let mut f = BTreeMap::new();
     f.insert("metadata.name".to_string(), text(obj, "/metadata/name"));
     if info.namespaced {
-        f.insert("metadata.namespace".to_string(), text(obj, "/metadata/namespace"));
+        f.insert(
+            "metadata.namespace".to_string(),
+            text(obj, "/metadata/namespace"),
+        );
     }
     let mut put = |k: &str, v: String| {
         f.insert(k.to_string(), v);
@@ -336,7 +356,10 @@ pub fn object_fields(info: &ResourceInfo, obj: &Value) -> BTreeMap<String, Strin
                 "resourceVersion",
                 "fieldPath",
             ] {
-                put(&format!("involvedObject.{sub}"), text(obj, &format!("/involvedObject/{sub}")));
+                put(
+                    &format!("involvedObject.{sub}"),
+                    text(obj, &format!("/involvedObject/{sub}")),
+                );
             }
             put("reason", text(obj, "/reason"));
             put("reportingComponent", text(obj, "/reportingComponent"));
@@ -353,14 +376,19 @@ pub fn object_fields(info: &ResourceInfo, obj: &Value) -> BTreeMap<String, Strin
                 "resourceVersion",
                 "fieldPath",
             ] {
-                put(&format!("involvedObject.{sub}"), text(obj, &format!("/regarding/{sub}")));
+                put(
+                    &format!("involvedObject.{sub}"),
+                    text(obj, &format!("/regarding/{sub}")),
+                );
             }
             put("reason", text(obj, "/reason"));
             put("reportingComponent", text(obj, "/reportingController"));
             put("source", text(obj, "/deprecatedSource/component"));
             put("type", text(obj, "/type"));
         }
-        ("apps", "ReplicaSet") | ("", "ReplicationController") => put("status.replicas", int(obj, "/status/replicas")),
+        ("apps", "ReplicaSet") | ("", "ReplicationController") => {
+            put("status.replicas", int(obj, "/status/replicas"))
+        }
         ("batch", "Job") => put("status.successful", int(obj, "/status/succeeded")),
         _ => {}
     }
@@ -398,10 +426,22 @@ mod tests {
     #[test]
     fn rejects_bad_syntax_with_upstream_messages() {
         let msg = |s: &str| FieldSelector::parse_any(s).unwrap_err().message;
-        assert_eq!(msg("abc"), "invalid selector: 'abc'; can't understand 'abc'");
-        assert_eq!(msg(r"a=b\c"), r"invalid field selector: invalid escape sequence: \c");
-        assert_eq!(msg(r"a=b\"), r"invalid field selector: invalid escape sequence: \");
-        assert_eq!(msg("a=b=c"), "invalid field selector: unescaped character in value: 61");
+        assert_eq!(
+            msg("abc"),
+            "invalid selector: 'abc'; can't understand 'abc'"
+        );
+        assert_eq!(
+            msg(r"a=b\c"),
+            r"invalid field selector: invalid escape sequence: \c"
+        );
+        assert_eq!(
+            msg(r"a=b\"),
+            r"invalid field selector: invalid escape sequence: \"
+        );
+        assert_eq!(
+            msg("a=b=c"),
+            "invalid field selector: unescaped character in value: 61"
+        );
     }
 
     #[test]
@@ -410,8 +450,18 @@ mod tests {
             ("", "pods", "spec.nodeName=n1", Ok("spec.nodeName")),
             ("", "pods", "spec.host=n1", Ok("spec.nodeName")),
             ("", "pods", "status.phase!=Running", Ok("status.phase")),
-            ("", "pods", "spec.foo=1", Err("field label not supported: spec.foo")),
-            ("", "nodes", "spec.unschedulable=false", Ok("spec.unschedulable")),
+            (
+                "",
+                "pods",
+                "spec.foo=1",
+                Err("field label not supported: spec.foo"),
+            ),
+            (
+                "",
+                "nodes",
+                "spec.unschedulable=false",
+                Ok("spec.unschedulable"),
+            ),
             (
                 "",
                 "nodes",
@@ -419,9 +469,19 @@ mod tests {
                 Err("field label not supported: metadata.namespace"),
             ),
             ("", "secrets", "type=Opaque", Ok("type")),
-            ("", "events", "involvedObject.name=web", Ok("involvedObject.name")),
+            (
+                "",
+                "events",
+                "involvedObject.name=web",
+                Ok("involvedObject.name"),
+            ),
             ("", "namespaces", "status.phase=Active", Ok("status.phase")),
-            ("batch", "jobs", "status.successful=1", Ok("status.successful")),
+            (
+                "batch",
+                "jobs",
+                "status.successful=1",
+                Ok("status.successful"),
+            ),
             (
                 "batch",
                 "jobs",
@@ -433,7 +493,9 @@ mod tests {
                 "apps",
                 "deployments",
                 "spec.replicas=1",
-                Err("\"spec.replicas\" is not a known field selector: only \"metadata.name\", \"metadata.namespace\""),
+                Err(
+                    "\"spec.replicas\" is not a known field selector: only \"metadata.name\", \"metadata.namespace\"",
+                ),
             ),
         ];
         for (g, plural, sel, want) in cases {
@@ -469,7 +531,11 @@ mod tests {
             ("spec.host=n1", true),
             ("spec.serviceAccountName=x", false),
         ] {
-            assert_eq!(FieldSelector::parse(pods(), sel).unwrap().matches(&f), want, "{sel}");
+            assert_eq!(
+                FieldSelector::parse(pods(), sel).unwrap().matches(&f),
+                want,
+                "{sel}"
+            );
         }
         assert_eq!(
             FieldSelector::parse(pods(), "spec.nodeName=n1")
@@ -482,7 +548,10 @@ mod tests {
     #[test]
     fn other_kinds_fields() {
         let node = find("", "v1", "nodes").unwrap();
-        let f = object_fields(node, &json!({"metadata": {"name": "n"}, "spec": {"unschedulable": true}}));
+        let f = object_fields(
+            node,
+            &json!({"metadata": {"name": "n"}, "spec": {"unschedulable": true}}),
+        );
         assert_eq!(f.get("metadata.namespace"), None);
         assert_eq!(f["spec.unschedulable"], "true");
         let ev = find("", "v1", "events").unwrap();

@@ -39,13 +39,20 @@ pub struct LabelSelector {
 
 impl Requirement {
     /// Validates as upstream's `NewRequirement` (key, value syntax and count per operator).
-    pub fn new(key: &str, operator: Operator, mut values: Vec<String>) -> Result<Requirement, String> {
+    pub fn new(
+        key: &str,
+        operator: Operator,
+        mut values: Vec<String>,
+    ) -> Result<Requirement, String> {
         values.sort();
         values.dedup();
         let mut errs = Vec::new();
         let key_errs = is_qualified_name(key);
         if !key_errs.is_empty() {
-            errs.push(format!("key: Invalid value: {key:?}: {}", key_errs.join("; ")));
+            errs.push(format!(
+                "key: Invalid value: {key:?}: {}",
+                key_errs.join("; ")
+            ));
         }
         match operator {
             Operator::In | Operator::NotIn if values.is_empty() => {
@@ -76,7 +83,10 @@ impl Requirement {
         for (i, v) in values.iter().enumerate() {
             let v_errs = is_label_value(v);
             if !v_errs.is_empty() {
-                errs.push(format!("values[{i}][{key}]: Invalid value: {v:?}: {}", v_errs.join("; ")));
+                errs.push(format!(
+                    "values[{i}][{key}]: Invalid value: {v:?}: {}",
+                    v_errs.join("; ")
+                ));
             }
         }
         match errs.len() {
@@ -93,15 +103,21 @@ impl Requirement {
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
         let got = labels.get(&self.key);
         match self.operator {
-            Operator::In | Operator::Equals | Operator::DoubleEquals => got.is_some_and(|v| self.values.contains(v)),
+            Operator::In | Operator::Equals | Operator::DoubleEquals => {
+                got.is_some_and(|v| self.values.contains(v))
+            }
             Operator::NotIn | Operator::NotEquals => got.is_none_or(|v| !self.values.contains(v)),
             Operator::Exists => got.is_some(),
             Operator::DoesNotExist => got.is_none(),
             Operator::GreaterThan | Operator::LessThan => {
-                let (Some(Ok(have)), [want]) = (got.map(|v| v.parse::<i64>()), self.values.as_slice()) else {
+                let (Some(Ok(have)), [want]) =
+                    (got.map(|v| v.parse::<i64>()), self.values.as_slice())
+                else {
                     return false;
                 };
-                let Ok(want) = want.parse::<i64>() else { return false };
+                let Ok(want) = want.parse::<i64>() else {
+                    return false;
+                };
                 if self.operator == Operator::GreaterThan {
                     have > want
                 } else {
@@ -151,7 +167,9 @@ impl LabelSelector {
 
     /// Parses `?labelSelector=`; errors are 400 BadRequest with upstream's message.
     pub fn parse(selector: &str) -> Result<LabelSelector, ApiError> {
-        let mut requirements = Parser::new(selector).parse().map_err(ApiError::bad_request)?;
+        let mut requirements = Parser::new(selector)
+            .parse()
+            .map_err(ApiError::bad_request)?;
         requirements.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(LabelSelector { requirements })
     }
@@ -161,7 +179,10 @@ impl LabelSelector {
     pub fn from_label_selector(sel: &metav1::LabelSelector) -> Result<LabelSelector, ApiError> {
         let mut requirements = Vec::new();
         for (k, v) in sel.match_labels.iter().flatten() {
-            requirements.push(Requirement::new(k, Operator::Equals, vec![v.clone()]).map_err(ApiError::bad_request)?);
+            requirements.push(
+                Requirement::new(k, Operator::Equals, vec![v.clone()])
+                    .map_err(ApiError::bad_request)?,
+            );
         }
         for expr in sel.match_expressions.iter().flatten() {
             let op = match expr.operator.as_str() {
@@ -176,7 +197,8 @@ impl LabelSelector {
                 }
             };
             let values = expr.values.clone().unwrap_or_default();
-            requirements.push(Requirement::new(&expr.key, op, values).map_err(ApiError::bad_request)?);
+            requirements
+                .push(Requirement::new(&expr.key, op, values).map_err(ApiError::bad_request)?);
         }
         requirements.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(LabelSelector { requirements })
@@ -310,7 +332,10 @@ fn lex(s: &str) -> Vec<Token> {
                     pos = end;
                     out.push(t);
                 }
-                None => out.push(Token::Error(format!("error expected: keyword found '{}'", &s[start..pos]))),
+                None => out.push(Token::Error(format!(
+                    "error expected: keyword found '{}'",
+                    &s[start..pos]
+                ))),
             }
         } else {
             while pos < bytes.len() && !is_special(bytes[pos]) && !is_space(bytes[pos]) {
@@ -331,7 +356,10 @@ const BINARY_OPERATORS: &str = "in, notin, =, ==, !=, gt, lt";
 
 impl Parser {
     fn new(s: &str) -> Self {
-        Parser { items: lex(s), pos: 0 }
+        Parser {
+            items: lex(s),
+            pos: 0,
+        }
     }
     fn lookahead(&self, values: bool) -> Token {
         let t = self.items.get(self.pos).cloned().unwrap_or(Token::End);
@@ -357,10 +385,18 @@ impl Parser {
                         Token::Comma => {
                             let t = self.lookahead(true);
                             if !matches!(t, Token::Identifier(_) | Token::DoesNotExist) {
-                                return Err(format!("found '{}', expected: identifier after ','", t.literal()));
+                                return Err(format!(
+                                    "found '{}', expected: identifier after ','",
+                                    t.literal()
+                                ));
                             }
                         }
-                        t => return Err(format!("found '{}', expected: ',' or 'end of string'", t.literal())),
+                        t => {
+                            return Err(format!(
+                                "found '{}', expected: ',' or 'end of string'",
+                                t.literal()
+                            ));
+                        }
                     }
                 }
                 Token::End => return Ok(reqs),
@@ -400,7 +436,10 @@ impl Parser {
         };
         let errs = is_qualified_name(&key);
         if !errs.is_empty() {
-            return Err(format!("<nil>: Invalid value: {key:?}: {}", errs.join("; ")));
+            return Err(format!(
+                "<nil>: Invalid value: {key:?}: {}",
+                errs.join("; ")
+            ));
         }
         let next = self.lookahead(true);
         if not {
@@ -422,7 +461,12 @@ impl Parser {
             Token::LessThan => Operator::LessThan,
             Token::NotIn => Operator::NotIn,
             Token::NotEquals => Operator::NotEquals,
-            t => return Err(format!("found '{}', expected: {BINARY_OPERATORS}", t.literal())),
+            t => {
+                return Err(format!(
+                    "found '{}', expected: {BINARY_OPERATORS}",
+                    t.literal()
+                ));
+            }
         })
     }
 
@@ -443,7 +487,10 @@ impl Parser {
                 self.consume(true);
                 Ok(vec![String::new()])
             }
-            t => Err(format!("found '{}', expected: ',', ')' or identifier", t.literal())),
+            t => Err(format!(
+                "found '{}', expected: ',', ')' or identifier",
+                t.literal()
+            )),
         }
     }
 
@@ -472,7 +519,12 @@ impl Parser {
                         _ => {}
                     }
                 }
-                t => return Err(format!("found '{}', expected: ',', or identifier", t.literal())),
+                t => {
+                    return Err(format!(
+                        "found '{}', expected: ',', or identifier",
+                        t.literal()
+                    ));
+                }
             }
         }
     }
@@ -495,7 +547,10 @@ mod tests {
     use serde_json::json;
 
     fn set(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -526,7 +581,11 @@ mod tests {
             if s == "x=a||y=b" {
                 assert!(LabelSelector::parse(s).is_err(), "{s}");
             } else {
-                assert!(LabelSelector::parse(s).is_ok(), "{s}: {:?}", LabelSelector::parse(s));
+                assert!(
+                    LabelSelector::parse(s).is_ok(),
+                    "{s}: {:?}",
+                    LabelSelector::parse(s)
+                );
             }
         }
     }
@@ -570,7 +629,9 @@ mod tests {
         assert!(
             msg("x=-a").starts_with("unable to parse requirement: values[0][x]: Invalid value: \"-a\": a valid label must be")
         );
-        assert!(msg("-x").starts_with("unable to parse requirement: <nil>: Invalid value: \"-x\": name part must consist"));
+        assert!(msg("-x").starts_with(
+            "unable to parse requirement: <nil>: Invalid value: \"-x\": name part must consist"
+        ));
     }
 
     #[test]
@@ -612,7 +673,12 @@ mod tests {
         let sel = LabelSelector::parse("z notin (b,a), x in (c , a),!y, w").unwrap();
         assert_eq!(sel.to_string(), "w,x in (a,c),!y,z notin (a,b)");
         assert_eq!(sel.requires_exact_match("w"), None);
-        assert_eq!(LabelSelector::parse("a==b").unwrap().requires_exact_match("a"), Some("b"));
+        assert_eq!(
+            LabelSelector::parse("a==b")
+                .unwrap()
+                .requires_exact_match("a"),
+            Some("b")
+        );
     }
 
     #[test]
@@ -635,13 +701,18 @@ mod tests {
                 .is_empty()
         );
         let bad: metav1::LabelSelector =
-            serde_json::from_value(json!({"matchExpressions": [{"key": "a", "operator": "Foo"}]})).unwrap();
+            serde_json::from_value(json!({"matchExpressions": [{"key": "a", "operator": "Foo"}]}))
+                .unwrap();
         assert_eq!(
-            LabelSelector::from_label_selector(&bad).unwrap_err().message,
+            LabelSelector::from_label_selector(&bad)
+                .unwrap_err()
+                .message,
             "\"Foo\" is not a valid label selector operator"
         );
-        let empty_in: metav1::LabelSelector =
-            serde_json::from_value(json!({"matchExpressions": [{"key": "a", "operator": "In", "values": []}]})).unwrap();
+        let empty_in: metav1::LabelSelector = serde_json::from_value(
+            json!({"matchExpressions": [{"key": "a", "operator": "In", "values": []}]}),
+        )
+        .unwrap();
         assert!(LabelSelector::from_label_selector(&empty_in).is_err());
     }
 

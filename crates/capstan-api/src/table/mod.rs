@@ -144,7 +144,12 @@ fn column_json(c: &Column) -> Value {
 }
 
 /// One row of [`to_table`] for `obj`, for callers that stream large lists row by row.
-pub fn to_row(info: &ResourceInfo, obj: &Value, include_object: IncludeObject, now: jiff::Timestamp) -> Value {
+pub fn to_row(
+    info: &ResourceInfo,
+    obj: &Value,
+    include_object: IncludeObject,
+    now: jiff::Timestamp,
+) -> Value {
     let (_, render) = printers::printer(info);
     row_json(render(obj, now), obj, include_object)
 }

@@ -29,7 +29,10 @@ fn validate_selector(spec: &Value, path: &str, empty_msg: Option<&str>) -> Vec<C
     {
         let ep = format!("{sel_path}.matchExpressions[{i}]");
         let op = s(e, "operator");
-        let values = e.get("values").and_then(Value::as_array).map_or(0, Vec::len);
+        let values = e
+            .get("values")
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len);
         match op {
             "In" | "NotIn" if values == 0 => errs.push(Cause::required(
                 format!("{ep}.values"),
@@ -46,10 +49,20 @@ fn validate_selector(spec: &Value, path: &str, empty_msg: Option<&str>) -> Vec<C
                 "not a valid selector operator",
             )),
         }
-        for (j, v) in e.get("values").and_then(Value::as_array).into_iter().flatten().enumerate() {
+        for (j, v) in e
+            .get("values")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
             let v = v.as_str().unwrap_or("");
             for m in is_label_value(v) {
-                errs.push(Cause::invalid(format!("{ep}.values[{j}]"), &Value::String(v.into()), &m));
+                errs.push(Cause::invalid(
+                    format!("{ep}.values[{j}]"),
+                    &Value::String(v.into()),
+                    &m,
+                ));
             }
         }
     }
@@ -67,7 +80,9 @@ fn validate_selector(spec: &Value, path: &str, empty_msg: Option<&str>) -> Vec<C
         }
         return errs;
     }
-    let labels_val = spec.pointer("/template/metadata/labels").and_then(Value::as_object);
+    let labels_val = spec
+        .pointer("/template/metadata/labels")
+        .and_then(Value::as_object);
     let labels: BTreeMap<String, String> = labels_val
         .into_iter()
         .flatten()
@@ -84,13 +99,22 @@ fn validate_selector(spec: &Value, path: &str, empty_msg: Option<&str>) -> Vec<C
 }
 
 fn selector_shown(sel: &Value) -> String {
-    format!("v1.LabelSelector{}", serde_json::to_string(sel).unwrap_or_default())
+    format!(
+        "v1.LabelSelector{}",
+        serde_json::to_string(sel).unwrap_or_default()
+    )
 }
 
 fn selector_immutable(spec: &Value, old: Option<&Value>, path: &str) -> Option<Cause> {
     let old_sel = old?.pointer("/spec/selector")?;
     let new_sel = spec.get("selector")?;
-    (old_sel != new_sel).then(|| invalid_raw(&format!("{path}.selector"), &selector_shown(new_sel), "field is immutable"))
+    (old_sel != new_sel).then(|| {
+        invalid_raw(
+            &format!("{path}.selector"),
+            &selector_shown(new_sel),
+            "field is immutable",
+        )
+    })
 }
 
 fn restart_always(spec: &Value, path: &str) -> Option<Cause> {
@@ -112,8 +136,14 @@ fn replicated(obj: &Value, old: Option<&Value>, empty_msg: Option<&str>) -> Vec<
     let spec = obj.get("spec").unwrap_or(&null);
     let mut errs = Vec::new();
     errs.extend(non_negative("spec.replicas", int(spec, "replicas")));
-    errs.extend(non_negative("spec.minReadySeconds", int(spec, "minReadySeconds")));
-    errs.extend(non_negative("spec.revisionHistoryLimit", int(spec, "revisionHistoryLimit")));
+    errs.extend(non_negative(
+        "spec.minReadySeconds",
+        int(spec, "minReadySeconds"),
+    ));
+    errs.extend(non_negative(
+        "spec.revisionHistoryLimit",
+        int(spec, "revisionHistoryLimit"),
+    ));
     errs.extend(validate_selector(spec, "spec", empty_msg));
     errs.extend(validate_template(spec.get("template"), "spec.template"));
     errs.extend(restart_always(spec, "spec"));
@@ -125,7 +155,11 @@ pub fn validate_deployment(d: &Value, old: Option<&Value>) -> Vec<Cause> {
     let mut errs = replicated(d, old, Some("empty selector is invalid for deployment"));
     let null = Value::Null;
     let spec = d.get("spec").unwrap_or(&null);
-    errs.extend(validate_strategy(spec.get("strategy"), "spec.strategy", "Recreate"));
+    errs.extend(validate_strategy(
+        spec.get("strategy"),
+        "spec.strategy",
+        "Recreate",
+    ));
     if let Some(pd) = int(spec, "progressDeadlineSeconds")
         && pd <= int(spec, "minReadySeconds").unwrap_or(0)
     {
@@ -183,7 +217,10 @@ fn validate_strategy(strategy: Option<&Value>, path: &str, other: &str) -> Vec<C
         }
     }
     if zero == [true, true] {
-        let shown = ru.get("maxUnavailable").map(|v| v.to_string()).unwrap_or_default();
+        let shown = ru
+            .get("maxUnavailable")
+            .map(|v| v.to_string())
+            .unwrap_or_default();
         errs.push(invalid_raw(
             &format!("{path}.rollingUpdate.maxUnavailable"),
             &shown,
@@ -209,7 +246,10 @@ pub fn validate_stateful_set(sts: &Value, old: Option<&Value>) -> Vec<Cause> {
             "must be 'OrderedReady' or 'Parallel'",
         ));
     }
-    let ust = spec.pointer("/updateStrategy/type").and_then(Value::as_str).unwrap_or("");
+    let ust = spec
+        .pointer("/updateStrategy/type")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     if !ust.is_empty() && !["RollingUpdate", "OnDelete"].contains(&ust) {
         errs.push(Cause::not_supported(
             "spec.updateStrategy.type",
@@ -281,8 +321,13 @@ fn validate_job_spec(spec: &Value, path: &str) -> Vec<Cause> {
             &allowed,
         ));
     }
-    errs.extend(validate_template(spec.get("template"), &format!("{path}.template")));
-    if spec.get("manualSelector").and_then(Value::as_bool) == Some(true) || spec.get("selector").is_some() {
+    errs.extend(validate_template(
+        spec.get("template"),
+        &format!("{path}.template"),
+    ));
+    if spec.get("manualSelector").and_then(Value::as_bool) == Some(true)
+        || spec.get("selector").is_some()
+    {
         errs.extend(validate_selector(spec, path, None));
     }
     errs
@@ -295,8 +340,15 @@ pub fn validate_job(job: &Value, old: Option<&Value>) -> Vec<Cause> {
     if let Some(old_spec) = old.and_then(|o| o.get("spec")) {
         for key in ["completions", "selector", "completionMode"] {
             if old_spec.get(key).is_some() && spec.get(key) != old_spec.get(key) {
-                let shown = spec.get(key).map(|v| v.to_string()).unwrap_or_else(|| "null".into());
-                errs.push(invalid_raw(&format!("spec.{key}"), &shown, "field is immutable"));
+                let shown = spec
+                    .get(key)
+                    .map(|v| v.to_string())
+                    .unwrap_or_else(|| "null".into());
+                errs.push(invalid_raw(
+                    &format!("spec.{key}"),
+                    &shown,
+                    "field is immutable",
+                ));
             }
         }
         let suspended = old_spec.get("suspend").and_then(Value::as_bool) == Some(true);
@@ -313,7 +365,10 @@ pub fn validate_job(job: &Value, old: Option<&Value>) -> Vec<Cause> {
 
 pub fn validate_cron_job(cj: &Value) -> Vec<Cause> {
     let mut errs = Vec::new();
-    let name = cj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+    let name = cj
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     if name.len() > 52 {
         errs.push(Cause::invalid(
             "metadata.name",
@@ -327,7 +382,11 @@ pub fn validate_cron_job(cj: &Value) -> Vec<Cause> {
     if schedule.is_empty() {
         errs.push(Cause::required("spec.schedule", ""));
     } else if let Err(e) = check_schedule(schedule) {
-        errs.push(Cause::invalid("spec.schedule", &Value::String(schedule.into()), &e));
+        errs.push(Cause::invalid(
+            "spec.schedule",
+            &Value::String(schedule.into()),
+            &e,
+        ));
     }
     let cp = s(spec, "concurrencyPolicy");
     if !cp.is_empty() && !["Allow", "Forbid", "Replace"].contains(&cp) {
@@ -361,15 +420,22 @@ fn check_schedule(schedule: &str) -> Result<(), String> {
         && d.starts_with('@')
     {
         return match *d {
-            "@yearly" | "@annually" | "@monthly" | "@weekly" | "@daily" | "@midnight" | "@hourly" => Ok(()),
+            "@yearly" | "@annually" | "@monthly" | "@weekly" | "@daily" | "@midnight"
+            | "@hourly" => Ok(()),
             _ if d.starts_with("@every ") => Ok(()),
             _ => Err(format!("unrecognized descriptor: {d}")),
         };
     }
     if body.len() != 5 {
-        return Err(format!("expected exactly 5 fields, found {}: {schedule}", body.len()));
+        return Err(format!(
+            "expected exactly 5 fields, found {}: {schedule}",
+            body.len()
+        ));
     }
-    let ok = |f: &str| f.chars().all(|c| c.is_ascii_alphanumeric() || "*/,-?".contains(c));
+    let ok = |f: &str| {
+        f.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "*/,-?".contains(c))
+    };
     match body.iter().find(|f| !ok(f)) {
         Some(f) => Err(format!("failed to parse int from {f}")),
         None => Ok(()),

@@ -2,7 +2,8 @@
 
 use super::decode::go_base64_decode;
 use super::names::{
-    is_config_map_key, is_dns1123_label, is_dns1123_subdomain, is_qualified_name, is_valid_port_name, is_valid_port_num,
+    is_config_map_key, is_dns1123_label, is_dns1123_subdomain, is_qualified_name,
+    is_valid_port_name, is_valid_port_num,
 };
 use super::util::{arr, int, invalid_each, invalid_raw, obj, s, too_long};
 use crate::status::Cause;
@@ -27,7 +28,10 @@ fn immutable_update(obj: &Value, old: Option<&Value>, payload: &[&str]) -> Vec<C
         errs.push(Cause::forbidden("immutable", IMMUTABLE_MSG));
     }
     for key in payload {
-        let (n, o) = (obj.get(*key).filter(|v| !is_empty(v)), old.get(*key).filter(|v| !is_empty(v)));
+        let (n, o) = (
+            obj.get(*key).filter(|v| !is_empty(v)),
+            old.get(*key).filter(|v| !is_empty(v)),
+        );
         if n != o {
             errs.push(Cause::forbidden(*key, IMMUTABLE_MSG));
         }
@@ -45,11 +49,19 @@ pub fn validate_config_map(cm: &Value, old: Option<&Value>) -> Vec<Cause> {
     let data = obj(cm, "data");
     let binary = obj(cm, "binaryData");
     for (key, v) in data.into_iter().flatten() {
-        errs.extend(invalid_each(&format!("data[{key}]"), key, is_config_map_key(key)));
+        errs.extend(invalid_each(
+            &format!("data[{key}]"),
+            key,
+            is_config_map_key(key),
+        ));
         total += v.as_str().map_or(0, str::len);
     }
     for (key, v) in binary.into_iter().flatten() {
-        errs.extend(invalid_each(&format!("binaryData[{key}]"), key, is_config_map_key(key)));
+        errs.extend(invalid_each(
+            &format!("binaryData[{key}]"),
+            key,
+            is_config_map_key(key),
+        ));
         if data.is_some_and(|d| d.contains_key(key)) {
             errs.push(Cause::invalid(
                 format!("binaryData[{key}]"),
@@ -57,7 +69,10 @@ pub fn validate_config_map(cm: &Value, old: Option<&Value>) -> Vec<Cause> {
                 "duplicate of key present in data",
             ));
         }
-        total += v.as_str().and_then(|b| go_base64_decode(b).ok()).map_or(0, |b| b.len());
+        total += v
+            .as_str()
+            .and_then(|b| go_base64_decode(b).ok())
+            .map_or(0, |b| b.len());
     }
     if total > MAX_SECRET_SIZE {
         errs.push(too_long("[]", MAX_SECRET_SIZE));
@@ -88,7 +103,9 @@ fn secret_type_rules(secret: &Value, data: &Map<String, Value>) -> Vec<Cause> {
             errs.push(Cause::required("data[username]", ""));
             errs.push(Cause::required("data[password]", ""));
         }
-        "kubernetes.io/ssh-auth" if !has("ssh-privatekey") => errs.push(Cause::required("data[ssh-privatekey]", "")),
+        "kubernetes.io/ssh-auth" if !has("ssh-privatekey") => {
+            errs.push(Cause::required("data[ssh-privatekey]", ""))
+        }
         "kubernetes.io/tls" => {
             for key in ["tls.key", "tls.crt"] {
                 if !has(key) {
@@ -110,7 +127,11 @@ fn json_key(data: &Map<String, Value>, key: &str) -> Option<Cause> {
     let bytes = go_base64_decode(raw).unwrap_or_default();
     match serde_json::from_slice::<Value>(&bytes) {
         Ok(_) => None,
-        Err(e) => Some(invalid_raw(&field, "\"<secret contents redacted>\"", &e.to_string())),
+        Err(e) => Some(invalid_raw(
+            &field,
+            "\"<secret contents redacted>\"",
+            &e.to_string(),
+        )),
     }
 }
 
@@ -120,8 +141,15 @@ pub fn validate_secret(secret: &Value, old: Option<&Value>) -> Vec<Cause> {
     let data = obj(secret, "data").unwrap_or(&empty);
     let mut total = 0;
     for (key, v) in data {
-        errs.extend(invalid_each(&format!("data[{key}]"), key, is_config_map_key(key)));
-        total += v.as_str().and_then(|b| go_base64_decode(b).ok()).map_or(0, |b| b.len());
+        errs.extend(invalid_each(
+            &format!("data[{key}]"),
+            key,
+            is_config_map_key(key),
+        ));
+        total += v
+            .as_str()
+            .and_then(|b| go_base64_decode(b).ok())
+            .map_or(0, |b| b.len());
     }
     if total > MAX_SECRET_SIZE {
         errs.push(too_long("data", MAX_SECRET_SIZE));
@@ -130,7 +158,11 @@ pub fn validate_secret(secret: &Value, old: Option<&Value>) -> Vec<Cause> {
     if let Some(old) = old {
         let (n, o) = (s(secret, "type"), s(old, "type"));
         if n != o {
-            errs.push(Cause::invalid("type", &Value::String(n.to_string()), "field is immutable"));
+            errs.push(Cause::invalid(
+                "type",
+                &Value::String(n.to_string()),
+                "field is immutable",
+            ));
         }
     }
     errs.extend(immutable_update(secret, old, &["data"]));
@@ -147,7 +179,11 @@ pub fn validate_service(svc: &Value, old: Option<&Value>) -> Vec<Cause> {
     let ty = s(spec, "type");
     let ty = if ty.is_empty() { "ClusterIP" } else { ty };
     if !SERVICE_TYPES.contains(&ty) {
-        errs.push(Cause::not_supported("spec.type", &Value::String(ty.into()), SERVICE_TYPES));
+        errs.push(Cause::not_supported(
+            "spec.type",
+            &Value::String(ty.into()),
+            SERVICE_TYPES,
+        ));
     }
     let ports = arr(spec, "ports");
     let headless = s(spec, "clusterIP") == "None";
@@ -185,7 +221,9 @@ pub fn validate_service(svc: &Value, old: Option<&Value>) -> Vec<Cause> {
     }
     if let Some(old) = old {
         let (o, n) = (
-            old.pointer("/spec/clusterIP").and_then(Value::as_str).unwrap_or(""),
+            old.pointer("/spec/clusterIP")
+                .and_then(Value::as_str)
+                .unwrap_or(""),
             s(spec, "clusterIP"),
         );
         if !o.is_empty() && !n.is_empty() && o != n && ty != "ExternalName" {
@@ -199,20 +237,37 @@ pub fn validate_service(svc: &Value, old: Option<&Value>) -> Vec<Cause> {
     errs
 }
 
-fn validate_service_port(p: &Value, path: &str, multi: bool, names: &mut BTreeSet<String>, ty: &str) -> Vec<Cause> {
+fn validate_service_port(
+    p: &Value,
+    path: &str,
+    multi: bool,
+    names: &mut BTreeSet<String>,
+    ty: &str,
+) -> Vec<Cause> {
     let mut errs = Vec::new();
     let name = s(p, "name");
     if multi && name.is_empty() {
         errs.push(Cause::required(format!("{path}.name"), ""));
     } else if !name.is_empty() {
-        errs.extend(invalid_each(&format!("{path}.name"), name, is_dns1123_label(name)));
+        errs.extend(invalid_each(
+            &format!("{path}.name"),
+            name,
+            is_dns1123_label(name),
+        ));
         if !names.insert(name.to_string()) {
-            errs.push(Cause::duplicate(format!("{path}.name"), &Value::String(name.into())));
+            errs.push(Cause::duplicate(
+                format!("{path}.name"),
+                &Value::String(name.into()),
+            ));
         }
     }
     let port = int(p, "port").unwrap_or(0);
     for m in is_valid_port_num(port) {
-        errs.push(Cause::invalid(format!("{path}.port"), &Value::from(port), &m));
+        errs.push(Cause::invalid(
+            format!("{path}.port"),
+            &Value::from(port),
+            &m,
+        ));
     }
     let proto = s(p, "protocol");
     if proto.is_empty() {
@@ -228,10 +283,18 @@ fn validate_service_port(p: &Value, path: &str, multi: bool, names: &mut BTreeSe
         Some(Value::Number(n)) => {
             let n = n.as_i64().unwrap_or(0);
             for m in is_valid_port_num(n) {
-                errs.push(Cause::invalid(format!("{path}.targetPort"), &Value::from(n), &m));
+                errs.push(Cause::invalid(
+                    format!("{path}.targetPort"),
+                    &Value::from(n),
+                    &m,
+                ));
             }
         }
-        Some(Value::String(name)) => errs.extend(invalid_each(&format!("{path}.targetPort"), name, is_valid_port_name(name))),
+        Some(Value::String(name)) => errs.extend(invalid_each(
+            &format!("{path}.targetPort"),
+            name,
+            is_valid_port_name(name),
+        )),
         _ => {}
     }
     if let Some(np) = int(p, "nodePort").filter(|n| *n != 0) {
@@ -242,7 +305,11 @@ fn validate_service_port(p: &Value, path: &str, multi: bool, names: &mut BTreeSe
             ));
         } else {
             for m in is_valid_port_num(np) {
-                errs.push(Cause::invalid(format!("{path}.nodePort"), &Value::from(np), &m));
+                errs.push(Cause::invalid(
+                    format!("{path}.nodePort"),
+                    &Value::from(np),
+                    &m,
+                ));
             }
         }
     }
@@ -259,7 +326,11 @@ pub fn validate_namespace(ns: &Value) -> Vec<Cause> {
         .enumerate()
     {
         let f = f.as_str().unwrap_or("");
-        errs.extend(invalid_each(&format!("spec.finalizers[{i}]"), f, is_qualified_name(f)));
+        errs.extend(invalid_each(
+            &format!("spec.finalizers[{i}]"),
+            f,
+            is_qualified_name(f),
+        ));
     }
     errs
 }
@@ -269,7 +340,10 @@ pub fn validate_pvc(pvc: &Value) -> Vec<Cause> {
     let null = Value::Null;
     let spec = pvc.get("spec").unwrap_or(&null);
     if arr(spec, "accessModes").is_empty() && spec.get("dataSourceRef").is_none() {
-        errs.push(Cause::required("spec.accessModes", "at least 1 access mode is required"));
+        errs.push(Cause::required(
+            "spec.accessModes",
+            "at least 1 access mode is required",
+        ));
     }
     if spec.pointer("/resources/requests/storage").is_none() {
         errs.push(Cause::required("spec.resources[storage]", ""));
@@ -279,7 +353,9 @@ pub fn validate_pvc(pvc: &Value) -> Vec<Cause> {
 
 pub fn validate_lease(lease: &Value) -> Vec<Cause> {
     let mut errs = Vec::new();
-    if let Some(d) = lease.pointer("/spec/leaseDurationSeconds").and_then(Value::as_i64)
+    if let Some(d) = lease
+        .pointer("/spec/leaseDurationSeconds")
+        .and_then(Value::as_i64)
         && d <= 0
     {
         errs.push(Cause::invalid(
@@ -288,7 +364,9 @@ pub fn validate_lease(lease: &Value) -> Vec<Cause> {
             "must be greater than 0",
         ));
     }
-    if let Some(t) = lease.pointer("/spec/leaseTransitions").and_then(Value::as_i64)
+    if let Some(t) = lease
+        .pointer("/spec/leaseTransitions")
+        .and_then(Value::as_i64)
         && t < 0
     {
         errs.push(Cause::invalid(

@@ -89,7 +89,10 @@ const QUANTITY_MAPS: &[&str] = &[
 
 const MAX_REPAIRS: usize = 256;
 
-fn tolerant<T: DeserializeOwned + Serialize>(info: &ResourceInfo, obj: &Value) -> Result<Value, DecodeFailure> {
+fn tolerant<T: DeserializeOwned + Serialize>(
+    info: &ResourceInfo,
+    obj: &Value,
+) -> Result<Value, DecodeFailure> {
     let mut work = obj.clone();
     strip_nulls(&mut work);
     if let Value::Object(m) = &mut work {
@@ -126,7 +129,10 @@ fn tolerant<T: DeserializeOwned + Serialize>(info: &ResourceInfo, obj: &Value) -
 /// Makes the working copy decodable where Go would have accepted the input. Returns false when
 /// the error is a real type error.
 fn repair(work: &mut Value, path: &str, message: &str, inserted: &mut Vec<String>) -> bool {
-    if let Some(field) = message.strip_prefix("missing field `").and_then(|s| s.strip_suffix('`')) {
+    if let Some(field) = message
+        .strip_prefix("missing field `")
+        .and_then(|s| s.strip_suffix('`'))
+    {
         let Some(Value::Object(parent)) = lookup_mut(work, path) else {
             return false;
         };
@@ -154,9 +160,15 @@ fn repair(work: &mut Value, path: &str, message: &str, inserted: &mut Vec<String
         };
     }
     let segments: Vec<&str> = path.split('.').collect();
-    let parent = segments.len().checked_sub(2).map(|i| segments[i]).unwrap_or("");
+    let parent = segments
+        .len()
+        .checked_sub(2)
+        .map(|i| segments[i])
+        .unwrap_or("");
     let parent_name = parent.split('[').next().unwrap_or("");
-    let is_quantity = QUANTITY_MAPS.contains(&parent_name) || path.ends_with("sizeLimit") || path.ends_with("storage");
+    let is_quantity = QUANTITY_MAPS.contains(&parent_name)
+        || path.ends_with("sizeLimit")
+        || path.ends_with("storage");
     if is_quantity
         && expected.contains("string")
         && let Some(slot) = lookup_mut(work, path)
@@ -254,7 +266,10 @@ fn go_field_type(serde_expected: &str) -> String {
         "a string" => "string".into(),
         "a boolean" => "bool".into(),
         "a sequence" => "array".into(),
-        other => other.trim_start_matches("a ").trim_start_matches("struct ").to_string(),
+        other => other
+            .trim_start_matches("a ")
+            .trim_start_matches("struct ")
+            .to_string(),
     }
 }
 
@@ -325,8 +340,10 @@ pub fn go_base64_decode(src: &str) -> Result<Vec<u8>, String> {
             }
             break;
         }
-        let n =
-            (u32::from(quantum[0]) << 18) | (u32::from(quantum[1]) << 12) | (u32::from(quantum[2]) << 6) | u32::from(quantum[3]);
+        let n = (u32::from(quantum[0]) << 18)
+            | (u32::from(quantum[1]) << 12)
+            | (u32::from(quantum[2]) << 6)
+            | u32::from(quantum[3]);
         let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
         let take = match j {
             4 => 3,
@@ -365,7 +382,11 @@ mod tests {
             let got = go_base64_decode(input);
             match want {
                 Ok(bytes) => assert_eq!(got.as_deref(), Ok(*bytes), "{input}"),
-                Err(at) => assert_eq!(got, Err(format!("illegal base64 data at input byte {at}")), "{input}"),
+                Err(at) => assert_eq!(
+                    got,
+                    Err(format!("illegal base64 data at input byte {at}")),
+                    "{input}"
+                ),
             }
         }
     }

@@ -1,7 +1,8 @@
 //! ObjectMeta validation (`ValidateObjectMeta`, `ValidateObjectMetaUpdate`).
 
 use super::names::{
-    is_dns1035_label, is_dns1123_label, is_dns1123_subdomain, is_label_value, is_path_segment_name, is_qualified_name,
+    is_dns1035_label, is_dns1123_label, is_dns1123_subdomain, is_label_value, is_path_segment_name,
+    is_qualified_name,
 };
 use super::util::{invalid_each, non_negative, s, too_long};
 use crate::resources::ResourceInfo;
@@ -17,7 +18,9 @@ fn name_fn(info: &ResourceInfo) -> NameFn {
     match (info.group, info.kind) {
         ("", "Namespace") => is_dns1123_label,
         ("", "Service") => is_dns1035_label,
-        ("rbac.authorization.k8s.io", _) | ("autoscaling", "HorizontalPodAutoscaler") => is_path_segment_name,
+        ("rbac.authorization.k8s.io", _) | ("autoscaling", "HorizontalPodAutoscaler") => {
+            is_path_segment_name
+        }
         _ => is_dns1123_subdomain,
     }
 }
@@ -46,7 +49,10 @@ pub fn validate_object_meta(info: &ResourceInfo, obj: &Value) -> Vec<Cause> {
     }
     let name = s(meta, "name");
     if name.is_empty() {
-        errs.push(Cause::required("metadata.name", "name or generateName is required"));
+        errs.push(Cause::required(
+            "metadata.name",
+            "name or generateName is required",
+        ));
     } else {
         errs.extend(invalid_each("metadata.name", name, check(name)));
     }
@@ -55,10 +61,17 @@ pub fn validate_object_meta(info: &ResourceInfo, obj: &Value) -> Vec<Cause> {
         if namespace.is_empty() {
             errs.push(Cause::required("metadata.namespace", ""));
         } else {
-            errs.extend(invalid_each("metadata.namespace", namespace, is_dns1123_label(namespace)));
+            errs.extend(invalid_each(
+                "metadata.namespace",
+                namespace,
+                is_dns1123_label(namespace),
+            ));
         }
     } else if !namespace.is_empty() {
-        errs.push(Cause::forbidden("metadata.namespace", "not allowed on this type"));
+        errs.push(Cause::forbidden(
+            "metadata.namespace",
+            "not allowed on this type",
+        ));
     }
     errs.extend(non_negative(
         "metadata.generation",
@@ -80,7 +93,11 @@ pub fn validate_object_meta(info: &ResourceInfo, obj: &Value) -> Vec<Cause> {
         .enumerate()
     {
         let f = f.as_str().unwrap_or("");
-        errs.extend(invalid_each(&format!("metadata.finalizers[{i}]"), f, is_qualified_name(f)));
+        errs.extend(invalid_each(
+            &format!("metadata.finalizers[{i}]"),
+            f,
+            is_qualified_name(f),
+        ));
     }
     errs
 }
@@ -112,7 +129,10 @@ fn validate_annotations(annotations: Option<&Map<String, Value>>, field: &str) -
 pub fn validate_object_meta_update(obj: &Value, old: &Value) -> Vec<Cause> {
     let mut errs = Vec::new();
     let empty = Value::Null;
-    let (new_meta, old_meta) = (obj.get("metadata").unwrap_or(&empty), old.get("metadata").unwrap_or(&empty));
+    let (new_meta, old_meta) = (
+        obj.get("metadata").unwrap_or(&empty),
+        old.get("metadata").unwrap_or(&empty),
+    );
     for key in ["name", "namespace", "uid", "creationTimestamp"] {
         let (n, o) = (s(new_meta, key), s(old_meta, key));
         // an omitted uid/creationTimestamp is filled from the stored object by the server

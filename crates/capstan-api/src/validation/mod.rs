@@ -26,7 +26,9 @@ pub fn check_decodes(info: &ResourceInfo, obj: &Value) -> Result<(), ApiError> {
         ))
     };
     if !obj.is_object() {
-        return Err(fail("json: cannot unmarshal non-object into Go value".into()));
+        return Err(fail(
+            "json: cannot unmarshal non-object into Go value".into(),
+        ));
     }
     if info.group.is_empty() && info.kind == "Secret" {
         decode_secret_data(obj).map_err(fail)?;
@@ -107,7 +109,10 @@ pub fn validate(info: &ResourceInfo, obj: &Value, old: Option<&Value>) -> Result
     if causes.is_empty() {
         return Ok(());
     }
-    let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+    let name = obj
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     Err(ApiError::invalid(info, name, causes))
 }
 

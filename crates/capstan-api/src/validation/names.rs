@@ -10,7 +10,8 @@ pub const LABEL_VALUE_MAX: usize = 63;
 const QUALIFIED_NAME_MAX: usize = 63;
 
 const DNS1123_LABEL_FMT: &str = "[a-z0-9]([-a-z0-9]*[a-z0-9])?";
-const DNS1123_SUBDOMAIN_FMT: &str = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*";
+const DNS1123_SUBDOMAIN_FMT: &str =
+    r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*";
 const DNS1035_LABEL_FMT: &str = "[a-z]([-a-z0-9]*[a-z0-9])?";
 const QUALIFIED_NAME_FMT: &str = "([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]";
 const LABEL_VALUE_FMT: &str = "(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?";
@@ -97,8 +98,7 @@ pub fn is_dns1035_label(value: &str) -> Vec<String> {
     errs
 }
 
-const QUALIFIED_NAME_MSG: &str =
-    "must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character";
+const QUALIFIED_NAME_MSG: &str = "must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character";
 
 /// A label or annotation key: optional DNS subdomain prefix and `/`, then a name part.
 pub fn is_qualified_name(value: &str) -> Vec<String> {
@@ -110,7 +110,11 @@ pub fn is_qualified_name(value: &str) -> Vec<String> {
             if prefix.is_empty() {
                 errs.push("prefix part must be non-empty".to_string());
             } else {
-                errs.extend(is_dns1123_subdomain(prefix).into_iter().map(|m| format!("prefix part {m}")));
+                errs.extend(
+                    is_dns1123_subdomain(prefix)
+                        .into_iter()
+                        .map(|m| format!("prefix part {m}")),
+                );
             }
             *name
         }
@@ -130,7 +134,11 @@ pub fn is_qualified_name(value: &str) -> Vec<String> {
     if !QUALIFIED_NAME.is_match(name) {
         errs.push(format!(
             "name part {}",
-            regex_error(QUALIFIED_NAME_MSG, QUALIFIED_NAME_FMT, &["MyName", "my.name", "123-abc"])
+            regex_error(
+                QUALIFIED_NAME_MSG,
+                QUALIFIED_NAME_FMT,
+                &["MyName", "my.name", "123-abc"]
+            )
         ));
     }
     errs
@@ -199,7 +207,9 @@ pub fn is_valid_port_name(port: &str) -> Vec<String> {
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
     {
-        errs.push("must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)".to_string());
+        errs.push(
+            "must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)".to_string(),
+        );
     }
     if !port.bytes().any(|b| b.is_ascii_lowercase()) {
         errs.push("must contain at least one letter (a-z)".to_string());
@@ -232,7 +242,17 @@ mod tests {
 
     #[test]
     fn dns1123_label_examples() {
-        for ok in ["a", "ab", "abc", "a1", "a-1", "a--1--2--b", "0", "01", "1-2"] {
+        for ok in [
+            "a",
+            "ab",
+            "abc",
+            "a1",
+            "a-1",
+            "a--1--2--b",
+            "0",
+            "01",
+            "1-2",
+        ] {
             assert!(is_dns1123_label(ok).is_empty(), "{ok}");
         }
         for bad in [
@@ -263,10 +283,27 @@ mod tests {
 
     #[test]
     fn dns1123_subdomain_examples() {
-        for ok in ["a", "a.b.c.d.e", "aaa.bbb.ccc", "a1.b2", "1.2.3.4", "11.22.33.44"] {
+        for ok in [
+            "a",
+            "a.b.c.d.e",
+            "aaa.bbb.ccc",
+            "a1.b2",
+            "1.2.3.4",
+            "11.22.33.44",
+        ] {
             assert!(is_dns1123_subdomain(ok).is_empty(), "{ok}");
         }
-        for bad in ["", "A", "a.B", "-a", "a.-a", "a..b", "a_b", "a.", &"a".repeat(254)] {
+        for bad in [
+            "",
+            "A",
+            "a.B",
+            "-a",
+            "a.-a",
+            "a..b",
+            "a_b",
+            "a.",
+            &"a".repeat(254),
+        ] {
             assert!(!is_dns1123_subdomain(bad).is_empty(), "{bad}");
         }
         assert_eq!(
@@ -309,7 +346,10 @@ mod tests {
         ] {
             assert!(!is_qualified_name(bad).is_empty(), "{bad}");
         }
-        assert_eq!(is_qualified_name("/simple"), vec!["prefix part must be non-empty"]);
+        assert_eq!(
+            is_qualified_name("/simple"),
+            vec!["prefix part must be non-empty"]
+        );
     }
 
     #[test]
@@ -344,7 +384,17 @@ mod tests {
 
     #[test]
     fn config_map_key_examples() {
-        for ok in ["a", "a.b", "a-b", "a_b", "A", "a1", ".a", "..a"[1..].as_ref(), "KEY_NAME"] {
+        for ok in [
+            "a",
+            "a.b",
+            "a-b",
+            "a_b",
+            "A",
+            "a1",
+            ".a",
+            "..a"[1..].as_ref(),
+            "KEY_NAME",
+        ] {
             assert!(is_config_map_key(ok).is_empty(), "{ok}");
         }
         for bad in ["", ".", "..", "..a", "a/b", "a b", "a:b"] {
@@ -357,7 +407,16 @@ mod tests {
         for ok in ["http", "h-t-t-p", "a1", "abcdefghijklmno"] {
             assert!(is_valid_port_name(ok).is_empty(), "{ok}");
         }
-        for bad in ["", "HTTP", "123", "a--b", "-a", "a-", "abcdefghijklmnop", "a_b"] {
+        for bad in [
+            "",
+            "HTTP",
+            "123",
+            "a--b",
+            "-a",
+            "a-",
+            "abcdefghijklmnop",
+            "a_b",
+        ] {
             assert!(!is_valid_port_name(bad).is_empty(), "{bad}");
         }
     }

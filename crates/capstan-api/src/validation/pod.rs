@@ -63,7 +63,10 @@ pub fn validate_template(template: Option<&Value>, path: &str) -> Vec<Cause> {
         &format!("{path}.metadata.labels"),
     );
     let null = Value::Null;
-    errs.extend(validate_pod_spec(t.get("spec").unwrap_or(&null), &format!("{path}.spec")));
+    errs.extend(validate_pod_spec(
+        t.get("spec").unwrap_or(&null),
+        &format!("{path}.spec"),
+    ));
     errs
 }
 
@@ -77,7 +80,12 @@ pub fn validate_pod_spec(spec: &Value, path: &str) -> Vec<Cause> {
             errs.push(Cause::required(join(path, key), ""));
         }
         for (i, c) in list.iter().enumerate() {
-            errs.extend(validate_container(c, &format!("{path}.{key}[{i}]"), &volumes, &mut names));
+            errs.extend(validate_container(
+                c,
+                &format!("{path}.{key}[{i}]"),
+                &volumes,
+                &mut names,
+            ));
         }
     }
     enum_field(spec, path, "restartPolicy", RESTART_POLICIES, &mut errs);
@@ -99,16 +107,27 @@ pub fn validate_pod_spec(spec: &Value, path: &str) -> Vec<Cause> {
     }
     let sa = s(spec, "serviceAccountName");
     if !sa.is_empty() {
-        errs.extend(invalid_each(&join(path, "serviceAccountName"), sa, is_dns1123_subdomain(sa)));
+        errs.extend(invalid_each(
+            &join(path, "serviceAccountName"),
+            sa,
+            is_dns1123_subdomain(sa),
+        ));
     }
-    errs.extend(validate_labels(obj(spec, "nodeSelector"), &join(path, "nodeSelector")));
+    errs.extend(validate_labels(
+        obj(spec, "nodeSelector"),
+        &join(path, "nodeSelector"),
+    ));
     errs
 }
 
 fn enum_field(spec: &Value, path: &str, key: &str, allowed: &[&str], errs: &mut Vec<Cause>) {
     let v = s(spec, key);
     if !v.is_empty() && !allowed.contains(&v) {
-        errs.push(Cause::not_supported(join(path, key), &Value::String(v.into()), allowed));
+        errs.push(Cause::not_supported(
+            join(path, key),
+            &Value::String(v.into()),
+            allowed,
+        ));
     }
 }
 
@@ -121,9 +140,16 @@ fn validate_volumes(spec: &Value, path: &str, errs: &mut Vec<Cause>) -> BTreeSet
         if name.is_empty() {
             errs.push(Cause::required(format!("{vp}.name"), ""));
         } else {
-            errs.extend(invalid_each(&format!("{vp}.name"), name, is_dns1123_label(name)));
+            errs.extend(invalid_each(
+                &format!("{vp}.name"),
+                name,
+                is_dns1123_label(name),
+            ));
             if !names.insert(name.to_string()) {
-                errs.push(Cause::duplicate(format!("{vp}.name"), &Value::String(name.into())));
+                errs.push(Cause::duplicate(
+                    format!("{vp}.name"),
+                    &Value::String(name.into()),
+                ));
             }
         }
         let types: Vec<&str> = VOLUME_TYPES
@@ -147,15 +173,27 @@ fn validate_volumes(spec: &Value, path: &str, errs: &mut Vec<Cause>) -> BTreeSet
     names
 }
 
-fn validate_container(c: &Value, path: &str, volumes: &BTreeSet<String>, names: &mut BTreeSet<String>) -> Vec<Cause> {
+fn validate_container(
+    c: &Value,
+    path: &str,
+    volumes: &BTreeSet<String>,
+    names: &mut BTreeSet<String>,
+) -> Vec<Cause> {
     let mut errs = Vec::new();
     let name = s(c, "name");
     if name.is_empty() {
         errs.push(Cause::required(format!("{path}.name"), ""));
     } else {
-        errs.extend(invalid_each(&format!("{path}.name"), name, is_dns1123_label(name)));
+        errs.extend(invalid_each(
+            &format!("{path}.name"),
+            name,
+            is_dns1123_label(name),
+        ));
         if !names.insert(name.to_string()) {
-            errs.push(Cause::duplicate(format!("{path}.name"), &Value::String(name.into())));
+            errs.push(Cause::duplicate(
+                format!("{path}.name"),
+                &Value::String(name.into()),
+            ));
         }
     }
     if s(c, "image").trim().is_empty() {
@@ -183,22 +221,37 @@ fn validate_ports(c: &Value, path: &str) -> Vec<Cause> {
         let pp = format!("{path}.ports[{i}]");
         let name = s(p, "name");
         if !name.is_empty() {
-            errs.extend(invalid_each(&format!("{pp}.name"), name, is_valid_port_name(name)));
+            errs.extend(invalid_each(
+                &format!("{pp}.name"),
+                name,
+                is_valid_port_name(name),
+            ));
             if !names.insert(name.to_string()) {
-                errs.push(Cause::duplicate(format!("{pp}.name"), &Value::String(name.into())));
+                errs.push(Cause::duplicate(
+                    format!("{pp}.name"),
+                    &Value::String(name.into()),
+                ));
             }
         }
         match int(p, "containerPort") {
             None | Some(0) => errs.push(Cause::required(format!("{pp}.containerPort"), "")),
             Some(n) => {
                 for m in is_valid_port_num(n) {
-                    errs.push(Cause::invalid(format!("{pp}.containerPort"), &Value::from(n), &m));
+                    errs.push(Cause::invalid(
+                        format!("{pp}.containerPort"),
+                        &Value::from(n),
+                        &m,
+                    ));
                 }
             }
         }
         if let Some(n) = int(p, "hostPort").filter(|n| *n != 0) {
             for m in is_valid_port_num(n) {
-                errs.push(Cause::invalid(format!("{pp}.hostPort"), &Value::from(n), &m));
+                errs.push(Cause::invalid(
+                    format!("{pp}.hostPort"),
+                    &Value::from(n),
+                    &m,
+                ));
             }
         }
         let proto = s(p, "protocol");
@@ -220,7 +273,10 @@ fn validate_env(c: &Value, path: &str) -> Vec<Cause> {
         let name = s(e, "name");
         if name.is_empty() {
             errs.push(Cause::required(format!("{ep}.name"), ""));
-        } else if name.bytes().any(|b| !(0x20..0x7f).contains(&b) || b == b'=') {
+        } else if name
+            .bytes()
+            .any(|b| !(0x20..0x7f).contains(&b) || b == b'=')
+        {
             errs.push(Cause::invalid(
                 format!("{ep}.name"),
                 &Value::String(name.into()),
@@ -271,7 +327,9 @@ fn validate_mounts(c: &Value, path: &str, volumes: &BTreeSet<String>) -> Vec<Cau
 /// Requests may not exceed limits (`must be less than or equal to cpu limit of 1`).
 fn validate_resources(c: &Value, path: &str) -> Vec<Cause> {
     let mut errs = Vec::new();
-    let Some(res) = c.get("resources") else { return errs };
+    let Some(res) = c.get("resources") else {
+        return errs;
+    };
     let limits = obj(res, "limits");
     for (name, req) in obj(res, "requests").into_iter().flatten() {
         let Some(limit) = limits.and_then(|l| l.get(name)) else {
@@ -284,7 +342,10 @@ fn validate_resources(c: &Value, path: &str) -> Vec<Cause> {
                 Value::String(s) => format!("{s:?}"),
                 other => format!("\"{other}\""),
             };
-            let lim = limit.as_str().map(str::to_string).unwrap_or_else(|| limit.to_string());
+            let lim = limit
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| limit.to_string());
             errs.push(invalid_raw(
                 &format!("{path}.requests"),
                 &shown,

@@ -7,7 +7,10 @@ fn info(group: &str, plural: &str) -> &'static ResourceInfo {
 }
 
 fn rendered(group: &str, plural: &str, obj: &Value, old: Option<&Value>) -> Vec<String> {
-    causes(info(group, plural), obj, old).iter().map(Cause::render).collect()
+    causes(info(group, plural), obj, old)
+        .iter()
+        .map(Cause::render)
+        .collect()
 }
 
 fn pod(spec: Value) -> Value {
@@ -39,8 +42,16 @@ fn check_decodes_reports_type_errors() {
 #[test]
 fn secret_base64_errors() {
     let s = info("", "secrets");
-    check_decodes(s, &json!({"metadata": {"name": "s"}, "data": {"a": "aGVsbG8="}})).unwrap();
-    let e = check_decodes(s, &json!({"metadata": {"name": "s"}, "data": {"a": "hello"}})).unwrap_err();
+    check_decodes(
+        s,
+        &json!({"metadata": {"name": "s"}, "data": {"a": "aGVsbG8="}}),
+    )
+    .unwrap();
+    let e = check_decodes(
+        s,
+        &json!({"metadata": {"name": "s"}, "data": {"a": "hello"}}),
+    )
+    .unwrap_err();
     assert_eq!(
         e.message,
         "Secret in version \"v1\" cannot be handled as a Secret: illegal base64 data at input byte 4"
@@ -66,7 +77,8 @@ fn unknown_fields_found_by_round_trip() {
         unknown_field_messages(d, &json!({"spec": {"foo": 1}})),
         vec!["unknown field \"spec.foo\""]
     );
-    let cm = json!({"metadata": {"name": "c"}, "data": {"anything": "x"}, "binaryData": {"b": "aGk="}});
+    let cm =
+        json!({"metadata": {"name": "c"}, "data": {"anything": "x"}, "binaryData": {"b": "aGk="}});
     assert!(unknown_fields(info("", "configmaps"), &cm).is_empty());
 }
 
@@ -190,8 +202,10 @@ fn config_map_and_secret_rules() {
         ),
         vec!["[]: Too long: must have at most 1048576 bytes"]
     );
-    let old = json!({"metadata": {"name": "a", "namespace": "d"}, "immutable": true, "data": {"k": "1"}});
-    let new = json!({"metadata": {"name": "a", "namespace": "d"}, "immutable": true, "data": {"k": "2"}});
+    let old =
+        json!({"metadata": {"name": "a", "namespace": "d"}, "immutable": true, "data": {"k": "1"}});
+    let new =
+        json!({"metadata": {"name": "a", "namespace": "d"}, "immutable": true, "data": {"k": "2"}});
     assert_eq!(
         rendered("", "configmaps", &new, Some(&old)),
         vec!["data: Forbidden: field is immutable when `immutable` is set"]
@@ -202,7 +216,10 @@ fn config_map_and_secret_rules() {
         vec!["immutable: Forbidden: field is immutable when `immutable` is set"]
     );
     let tls = json!({"metadata": {"name": "a", "namespace": "d"}, "type": "kubernetes.io/tls", "data": {"tls.crt": "aGk="}});
-    assert_eq!(rendered("", "secrets", &tls, None), vec!["data[tls.key]: Required value"]);
+    assert_eq!(
+        rendered("", "secrets", &tls, None),
+        vec!["data[tls.key]: Required value"]
+    );
     let dcj = json!({"metadata": {"name": "a", "namespace": "d"}, "type": "kubernetes.io/dockerconfigjson", "data": {}});
     assert_eq!(
         rendered("", "secrets", &dcj, None),
@@ -223,7 +240,10 @@ fn config_map_and_secret_rules() {
 #[test]
 fn pod_rules() {
     let cases: &[(Value, &[&str])] = &[
-        (json!({"containers": [{"name": "c", "image": "nginx"}]}), &[]),
+        (
+            json!({"containers": [{"name": "c", "image": "nginx"}]}),
+            &[],
+        ),
         (json!({}), &["spec.containers: Required value"]),
         (
             json!({"containers": [{"name": "c"}]}),
@@ -245,7 +265,9 @@ fn pod_rules() {
         ),
         (
             json!({"restartPolicy": "Sometimes", "containers": [{"name": "c", "image": "i"}]}),
-            &["spec.restartPolicy: Unsupported value: \"Sometimes\": supported values: \"Always\", \"OnFailure\", \"Never\""],
+            &[
+                "spec.restartPolicy: Unsupported value: \"Sometimes\": supported values: \"Always\", \"OnFailure\", \"Never\"",
+            ],
         ),
         (
             json!({"containers": [{"name": "c", "image": "i", "ports": [{"containerPort": 70000, "protocol": "XYZ"}]}]}),
@@ -264,7 +286,9 @@ fn pod_rules() {
         ),
         (
             json!({"containers": [{"name": "c", "image": "i", "resources": {"requests": {"cpu": "2"}, "limits": {"cpu": "1"}}}]}),
-            &["spec.containers[0].resources.requests: Invalid value: \"2\": must be less than or equal to cpu limit of 1"],
+            &[
+                "spec.containers[0].resources.requests: Invalid value: \"2\": must be less than or equal to cpu limit of 1",
+            ],
         ),
         (
             json!({"containers": [{"name": "c", "image": "i", "resources": {"requests": {"memory": "512Mi"}, "limits": {"memory": "1Gi"}}}]}),
@@ -272,16 +296,22 @@ fn pod_rules() {
         ),
     ];
     for (spec, want) in cases {
-        assert_eq!(rendered("", "pods", &pod(spec.clone()), None), *want, "{spec}");
+        assert_eq!(
+            rendered("", "pods", &pod(spec.clone()), None),
+            *want,
+            "{spec}"
+        );
     }
 }
 
 #[test]
 fn pod_update_allows_only_image_changes() {
     let old = pod(json!({"containers": [{"name": "c", "image": "a"}], "restartPolicy": "Always"}));
-    let new_image = pod(json!({"containers": [{"name": "c", "image": "b"}], "restartPolicy": "Always"}));
+    let new_image =
+        pod(json!({"containers": [{"name": "c", "image": "b"}], "restartPolicy": "Always"}));
     assert!(rendered("", "pods", &new_image, Some(&old)).is_empty());
-    let new_policy = pod(json!({"containers": [{"name": "c", "image": "a"}], "restartPolicy": "Never"}));
+    let new_policy =
+        pod(json!({"containers": [{"name": "c", "image": "a"}], "restartPolicy": "Never"}));
     let errs = rendered("", "pods", &new_policy, Some(&old));
     assert_eq!(errs.len(), 1);
     assert!(
@@ -298,9 +328,15 @@ fn deployment(selector: Value, labels: Value) -> Value {
 
 #[test]
 fn deployment_rules() {
-    let good = deployment(json!({"matchLabels": {"app": "web"}}), json!({"app": "web", "x": "y"}));
+    let good = deployment(
+        json!({"matchLabels": {"app": "web"}}),
+        json!({"app": "web", "x": "y"}),
+    );
     assert!(rendered("apps", "deployments", &good, None).is_empty());
-    let mismatch = deployment(json!({"matchLabels": {"app": "web"}}), json!({"app": "api"}));
+    let mismatch = deployment(
+        json!({"matchLabels": {"app": "web"}}),
+        json!({"app": "api"}),
+    );
     assert_eq!(
         rendered("apps", "deployments", &mismatch, None),
         vec![
@@ -320,13 +356,15 @@ fn deployment_rules() {
     let errs = rendered("apps", "deployments", &changed, Some(&good));
     assert_eq!(errs.len(), 1);
     assert!(
-        errs[0].starts_with("spec.selector: Invalid value: ") && errs[0].ends_with("field is immutable"),
+        errs[0].starts_with("spec.selector: Invalid value: ")
+            && errs[0].ends_with("field is immutable"),
         "{}",
         errs[0]
     );
     let mut neg = good.clone();
     neg["spec"]["replicas"] = json!(-1);
-    neg["spec"]["strategy"] = json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": "0%"}});
+    neg["spec"]["strategy"] =
+        json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": "0%"}});
     assert_eq!(
         rendered("apps", "deployments", &neg, None),
         vec![
@@ -338,7 +376,9 @@ fn deployment_rules() {
     pol["spec"]["template"]["spec"]["restartPolicy"] = json!("Never");
     assert_eq!(
         rendered("apps", "deployments", &pol, None),
-        vec!["spec.template.spec.restartPolicy: Unsupported value: \"Never\": supported values: \"Always\""]
+        vec![
+            "spec.template.spec.restartPolicy: Unsupported value: \"Never\": supported values: \"Always\""
+        ]
     );
 }
 
@@ -347,7 +387,9 @@ fn job_and_cronjob_rules() {
     let job = json!({"metadata": {"name": "j", "namespace": "d"}, "spec": {"template": {"spec": {"restartPolicy": "Always", "containers": [{"name": "c", "image": "i"}]}}}});
     assert_eq!(
         rendered("batch", "jobs", &job, None),
-        vec!["spec.template.spec.restartPolicy: Unsupported value: \"Always\": supported values: \"OnFailure\", \"Never\""]
+        vec![
+            "spec.template.spec.restartPolicy: Unsupported value: \"Always\": supported values: \"OnFailure\", \"Never\""
+        ]
     );
     let cj = json!({"metadata": {"name": "c", "namespace": "d"}, "spec": {"schedule": "", "jobTemplate": {"spec": {"template": {"spec": {"restartPolicy": "OnFailure", "containers": [{"name": "c", "image": "i"}]}}}}}});
     assert_eq!(
@@ -366,7 +408,10 @@ fn service_rules() {
         (json!({"ports": [{"port": 80, "protocol": "TCP"}]}), &[]),
         (json!({}), &["spec.ports: Required value"]),
         (json!({"clusterIP": "None"}), &[]),
-        (json!({"type": "ExternalName", "externalName": "example.com"}), &[]),
+        (
+            json!({"type": "ExternalName", "externalName": "example.com"}),
+            &[],
+        ),
         (
             json!({"type": "Bogus", "ports": [{"port": 80, "protocol": "TCP"}]}),
             &[
@@ -375,7 +420,10 @@ fn service_rules() {
         ),
         (
             json!({"ports": [{"port": 80, "protocol": "TCP"}, {"port": 81, "protocol": "TCP"}]}),
-            &["spec.ports[0].name: Required value", "spec.ports[1].name: Required value"],
+            &[
+                "spec.ports[0].name: Required value",
+                "spec.ports[1].name: Required value",
+            ],
         ),
         (
             json!({"ports": [{"name": "a", "port": 0, "protocol": "TCP"}]}),
@@ -387,7 +435,11 @@ fn service_rules() {
         ),
     ];
     for (spec, want) in cases {
-        assert_eq!(rendered("", "services", &svc(spec.clone()), None), *want, "{spec}");
+        assert_eq!(
+            rendered("", "services", &svc(spec.clone()), None),
+            *want,
+            "{spec}"
+        );
     }
     let old = svc(json!({"clusterIP": "10.43.0.5", "ports": [{"port": 80, "protocol": "TCP"}]}));
     let new = svc(json!({"clusterIP": "10.43.0.6", "ports": [{"port": 80, "protocol": "TCP"}]}));

@@ -12,7 +12,10 @@ pub fn obj<'a>(v: &'a Value, key: &str) -> Option<&'a Map<String, Value>> {
 }
 
 pub fn arr<'a>(v: &'a Value, key: &str) -> &'a [Value] {
-    v.get(key).and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[])
+    v.get(key)
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
 }
 
 pub fn int(v: &Value, key: &str) -> Option<i64> {
@@ -36,14 +39,22 @@ pub fn invalid_each(field: &str, value: &str, msgs: Vec<String>) -> Vec<Cause> {
 
 pub fn non_negative(field: &str, v: Option<i64>) -> Option<Cause> {
     match v {
-        Some(n) if n < 0 => Some(Cause::invalid(field, &Value::from(n), "must be greater than or equal to 0")),
+        Some(n) if n < 0 => Some(Cause::invalid(
+            field,
+            &Value::from(n),
+            "must be greater than or equal to 0",
+        )),
         _ => None,
     }
 }
 
 /// `Too long: must have at most N bytes`, the 1.27–1.33 wording of field.TooLong.
 pub fn too_long(field: &str, max: usize) -> Cause {
-    Cause::new("FieldValueTooLong", field, format!("Too long: must have at most {max} bytes"))
+    Cause::new(
+        "FieldValueTooLong",
+        field,
+        format!("Too long: must have at most {max} bytes"),
+    )
 }
 
 /// Go's `%#v` of a `map[string]string`, used in selector/label mismatch messages.
@@ -54,13 +65,20 @@ pub fn go_string_map(m: Option<&Map<String, Value>>) -> String {
         .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
         .collect();
     entries.sort();
-    let body: Vec<String> = entries.iter().map(|(k, v)| format!("{k:?}:{v:?}")).collect();
+    let body: Vec<String> = entries
+        .iter()
+        .map(|(k, v)| format!("{k:?}:{v:?}"))
+        .collect();
     format!("map[string]string{{{}}}", body.join(", "))
 }
 
 /// A raw value shown in a message (`field is immutable` and friends).
 pub fn invalid_raw(field: &str, shown: &str, detail: &str) -> Cause {
-    Cause::new("FieldValueInvalid", field, format!("Invalid value: {shown}: {detail}"))
+    Cause::new(
+        "FieldValueInvalid",
+        field,
+        format!("Invalid value: {shown}: {detail}"),
+    )
 }
 
 /// Parses a resource quantity into a comparable number (base units).

@@ -46,7 +46,9 @@ impl WriteOptions {
                 .to_string(),
         };
         if manager.len() > 128 {
-            return Err(ApiError::bad_request("fieldManager must not be longer than 128 characters"));
+            return Err(ApiError::bad_request(
+                "fieldManager must not be longer than 128 characters",
+            ));
         }
         let field_validation = match q.get("fieldValidation") {
             None | Some("Warn") => FieldValidation::Warn,
@@ -58,7 +60,12 @@ impl WriteOptions {
                 )));
             }
         };
-        Ok(WriteOptions { dry_run: q.dry_run()?, manager, field_validation, force: q.get("force") == Some("true") })
+        Ok(WriteOptions {
+            dry_run: q.dry_run()?,
+            manager,
+            field_validation,
+            force: q.get("force") == Some("true"),
+        })
     }
 }
 
@@ -66,7 +73,9 @@ async fn read_body(body: Incoming) -> Result<bytes::Bytes, ApiError> {
     let limited = http_body_util::Limited::new(body, MAX_BODY);
     match limited.collect().await {
         Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::too_large("the request body is too large: limit is 3MB")),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::too_large(
+            "the request body is too large: limit is 3MB",
+        )),
         Err(e) => Err(ApiError::bad_request(format!("reading request body: {e}"))),
     }
 }
@@ -75,16 +84,32 @@ fn content_type(headers: &http::HeaderMap) -> String {
     headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(|s| s.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+        .map(|s| {
+            s.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
         .unwrap_or_else(|| "application/json".into())
 }
 
 /// Decode a JSON or YAML request body into a JSON value.
 pub(crate) fn decode_body(info: &ResourceInfo, body: &[u8], ct: &str) -> Result<Value, ApiError> {
-    let cannot = |e: String| ApiError::bad_request(format!("{} in version {:?} cannot be handled as a {}: {e}", info.kind, info.version, info.kind));
+    let cannot = |e: String| {
+        ApiError::bad_request(format!(
+            "{} in version {:?} cannot be handled as a {}: {e}",
+            info.kind, info.version, info.kind
+        ))
+    };
     match ct {
-        "application/json" | "" | "*/*" => serde_json::from_slice(body).map_err(|e| cannot(format!("json parse error: {e}"))),
-        "application/yaml" | "application/x-yaml" | "text/yaml" | "application/apply-patch+yaml" => {
+        "application/json" | "" | "*/*" => {
+            serde_json::from_slice(body).map_err(|e| cannot(format!("json parse error: {e}")))
+        }
+        "application/yaml"
+        | "application/x-yaml"
+        | "text/yaml"
+        | "application/apply-patch+yaml" => {
             let text = std::str::from_utf8(body).map_err(|_| cannot("body is not UTF-8".into()))?;
             serde_saphyr::from_str::<Value>(text).map_err(|e| cannot(format!("yaml: {e}")))
         }
@@ -94,26 +119,44 @@ pub(crate) fn decode_body(info: &ResourceInfo, body: &[u8], ct: &str) -> Result<
 }
 
 /// Route one resource request by method and URL shape.
-pub async fn handle(server: &ApiServer, rp: ResourcePath, req: http::Request<Incoming>, q: Query) -> http::Response<Body> {
+pub async fn handle(
+    server: &ApiServer,
+    rp: ResourcePath,
+    req: http::Request<Incoming>,
+    q: Query,
+) -> http::Response<Body> {
     match handle_inner(server, rp, req, q).await {
         Ok(r) => r,
         Err(e) => response::error(&e),
     }
 }
 
-async fn handle_inner(server: &ApiServer, rp: ResourcePath, req: http::Request<Incoming>, q: Query) -> Result<http::Response<Body>, ApiError> {
+async fn handle_inner(
+    server: &ApiServer,
+    rp: ResourcePath,
+    req: http::Request<Incoming>,
+    q: Query,
+) -> Result<http::Response<Body>, ApiError> {
     let info = rp.info();
     let method = req.method().clone();
     let (parts, body) = req.into_parts();
     let headers = parts.headers;
     let verb_allowed = |v: &str| -> Result<(), ApiError> {
-        if info.verbs.contains(&v) { Ok(()) } else { Err(ApiError::method_not_supported(info, v)) }
+        if info.verbs.contains(&v) {
+            Ok(())
+        } else {
+            Err(ApiError::method_not_supported(info, v))
+        }
     };
     if info.namespaced && rp.name.is_some() && rp.namespace.is_none() {
         return Err(ApiError::path_not_found(""));
     }
     if let Some(sub) = rp.subresource {
-        let body = if method == Method::GET { bytes::Bytes::new() } else { read_body(body).await? };
+        let body = if method == Method::GET {
+            bytes::Bytes::new()
+        } else {
+            read_body(body).await?
+        };
         return sub::handle(server, &rp, sub, &method, &headers, &q, body).await;
     }
     match (&method, rp.name.is_some()) {
@@ -152,13 +195,26 @@ async fn handle_inner(server: &ApiServer, rp: ResourcePath, req: http::Request<I
             let body = read_body(body).await?;
             write::delete_collection(server, &rp, &q, body).await
         }
-        _ => Err(ApiError::new(405, "MethodNotAllowed", format!("the server does not allow this method on the requested resource ({method})"))),
+        _ => Err(ApiError::new(
+            405,
+            "MethodNotAllowed",
+            format!("the server does not allow this method on the requested resource ({method})"),
+        )),
     }
 }
 
 /// Create an object on behalf of the server itself (bootstrap objects).
-pub(crate) async fn create_internal(server: &ApiServer, info: &'static ResourceInfo, obj: Value) -> Result<Value, ApiError> {
-    let opts = WriteOptions { dry_run: false, manager: "capstan".into(), field_validation: FieldValidation::Strict, force: false };
+pub(crate) async fn create_internal(
+    server: &ApiServer,
+    info: &'static ResourceInfo,
+    obj: Value,
+) -> Result<Value, ApiError> {
+    let opts = WriteOptions {
+        dry_run: false,
+        manager: "capstan".into(),
+        field_validation: FieldValidation::Strict,
+        force: false,
+    };
     let obj = capstan_api::typed::roundtrip(info, &obj).map_err(ApiError::internal)?;
     write::create_object(server, info, obj, &opts).await
 }
@@ -167,10 +223,14 @@ pub(crate) async fn create_internal(server: &ApiServer, info: &'static ResourceI
 /// its content; once nothing is left, drop the `kubernetes` finalizer so it goes away.
 pub(crate) async fn sweep_terminating_namespaces(server: &ApiServer) -> Result<(), ApiError> {
     use capstan_api::resources::RESOURCES;
-    let ns_idx = RESOURCES.iter().position(|r| r.group.is_empty() && r.plural == "namespaces").expect("namespaces served");
+    let ns_idx = RESOURCES
+        .iter()
+        .position(|r| r.group.is_empty() && r.plural == "namespaces")
+        .expect("namespaces served");
     let (namespaces, _) = server.cache.list(ns_idx, None, None);
     for ns in namespaces {
-        let v: Value = serde_json::from_slice(&ns.json).map_err(|e| ApiError::internal(e.to_string()))?;
+        let v: Value =
+            serde_json::from_slice(&ns.json).map_err(|e| ApiError::internal(e.to_string()))?;
         if crate::object::meta_str(&v, "deletionTimestamp").is_none() {
             continue;
         }
@@ -183,10 +243,10 @@ pub(crate) async fn sweep_terminating_namespaces(server: &ApiServer) -> Result<(
                 if crate::object::meta_str(&already, "deletionTimestamp").is_some() {
                     continue;
                 }
-                if let Err(e) = write::delete_internal(server, info, Some(&ns.name), &o.name).await {
-                    if e.code != 404 {
-                        tracing::warn!(namespace = %ns.name, name = %o.name, error = %e, "deleting namespace content");
-                    }
+                if let Err(e) = write::delete_internal(server, info, Some(&ns.name), &o.name).await
+                    && e.code != 404
+                {
+                    tracing::warn!(namespace = %ns.name, name = %o.name, error = %e, "deleting namespace content");
                 }
             }
         }

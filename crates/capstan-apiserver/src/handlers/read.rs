@@ -17,7 +17,11 @@ use std::time::Duration;
 const CACHE_WAIT: Duration = Duration::from_secs(3);
 
 pub(crate) fn rendering(headers: &http::HeaderMap) -> Result<Rendering, ApiError> {
-    request::negotiate(headers.get(http::header::ACCEPT).and_then(|v| v.to_str().ok()))
+    request::negotiate(
+        headers
+            .get(http::header::ACCEPT)
+            .and_then(|v| v.to_str().ok()),
+    )
 }
 
 pub(crate) fn include_object(q: &Query) -> IncludeObject {
@@ -38,24 +42,37 @@ pub(crate) fn partial_metadata(obj: &Value) -> Value {
 }
 
 /// Render one object in the negotiated form.
-pub(crate) fn render_one(info: &ResourceInfo, json: Bytes, r: Rendering, q: &Query, code: u16) -> Result<http::Response<Body>, ApiError> {
+pub(crate) fn render_one(
+    info: &ResourceInfo,
+    json: Bytes,
+    r: Rendering,
+    q: &Query,
+    code: u16,
+) -> Result<http::Response<Body>, ApiError> {
     match r {
         Rendering::Json => Ok(response::json_bytes(code, json)),
         Rendering::Table => {
-            let v: Value = serde_json::from_slice(&json).map_err(|e| ApiError::internal(e.to_string()))?;
+            let v: Value =
+                serde_json::from_slice(&json).map_err(|e| ApiError::internal(e.to_string()))?;
             let rv = v["metadata"]["resourceVersion"].clone();
             let mut t = table::to_table(info, std::slice::from_ref(&v), include_object(q), now());
             t["metadata"] = json!({"resourceVersion": rv});
             Ok(response::json(code, &t))
         }
         Rendering::Metadata => {
-            let v: Value = serde_json::from_slice(&json).map_err(|e| ApiError::internal(e.to_string()))?;
+            let v: Value =
+                serde_json::from_slice(&json).map_err(|e| ApiError::internal(e.to_string()))?;
             Ok(response::json(code, &partial_metadata(&v)))
         }
     }
 }
 
-pub(crate) async fn get(server: &ApiServer, rp: &ResourcePath, headers: &http::HeaderMap, q: &Query) -> Result<http::Response<Body>, ApiError> {
+pub(crate) async fn get(
+    server: &ApiServer,
+    rp: &ResourcePath,
+    headers: &http::HeaderMap,
+    q: &Query,
+) -> Result<http::Response<Body>, ApiError> {
     let info = rp.info();
     let r = rendering(headers)?;
     let name = rp.name.as_deref().unwrap_or_default();
@@ -63,8 +80,23 @@ pub(crate) async fn get(server: &ApiServer, rp: &ResourcePath, headers: &http::H
     let obj = if q.get("resourceVersion") == Some("0") {
         server.cache.get(rp.resource, &key)
     } else {
-        match server.store.get(&key).await.map_err(super::write::store_error(info, name))? {
-            Some(kv) => Some(Arc::new(cache::cached_object(info, &key, rp.namespace.clone(), name.to_string(), &kv.value, kv.mod_revision).map_err(|e| ApiError::internal(e.to_string()))?)),
+        match server
+            .store
+            .get(&key)
+            .await
+            .map_err(super::write::store_error(info, name))?
+        {
+            Some(kv) => Some(Arc::new(
+                cache::cached_object(
+                    info,
+                    &key,
+                    rp.namespace.clone(),
+                    name.to_string(),
+                    &kv.value,
+                    kv.mod_revision,
+                )
+                .map_err(|e| ApiError::internal(e.to_string()))?,
+            )),
             None => None,
         }
     };
@@ -80,12 +112,19 @@ pub(crate) struct Filter {
 
 impl Filter {
     pub fn from_query(info: &ResourceInfo, q: &Query) -> Result<Filter, ApiError> {
-        let labels = q.get("labelSelector").map(LabelSelector::parse).transpose()?;
-        let fields = q.get("fieldSelector").map(|s| FieldSelector::parse(info, s)).transpose()?;
+        let labels = q
+            .get("labelSelector")
+            .map(LabelSelector::parse)
+            .transpose()?;
+        let fields = q
+            .get("fieldSelector")
+            .map(|s| FieldSelector::parse(info, s))
+            .transpose()?;
         Ok(Filter { labels, fields })
     }
     pub fn matches(&self, o: &CachedObject) -> bool {
-        self.labels.as_ref().is_none_or(|l| l.matches(&o.labels)) && self.fields.as_ref().is_none_or(|f| f.matches(&o.fields))
+        self.labels.as_ref().is_none_or(|l| l.matches(&o.labels))
+            && self.fields.as_ref().is_none_or(|f| f.matches(&o.fields))
     }
     pub fn is_empty(&self) -> bool {
         self.labels.is_none() && self.fields.is_none()
@@ -100,13 +139,23 @@ struct ContinueToken {
 }
 
 fn encode_continue(rv: i64, start: &str) -> String {
-    let t = ContinueToken { v: "meta.k8s.io/v1".into(), rv, start: start.into() };
+    let t = ContinueToken {
+        v: "meta.k8s.io/v1".into(),
+        rv,
+        start: start.into(),
+    };
     base64::engine::general_purpose::URL_SAFE.encode(serde_json::to_vec(&t).unwrap_or_default())
 }
 
 fn decode_continue(s: &str) -> Result<ContinueToken, ApiError> {
-    let bad = || ApiError::bad_request("continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)");
-    let raw = base64::engine::general_purpose::URL_SAFE.decode(s).map_err(|_| bad())?;
+    let bad = || {
+        ApiError::bad_request(
+            "continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)",
+        )
+    };
+    let raw = base64::engine::general_purpose::URL_SAFE
+        .decode(s)
+        .map_err(|_| bad())?;
     let t: ContinueToken = serde_json::from_slice(&raw).map_err(|_| bad())?;
     if t.v != "meta.k8s.io/v1" || t.rv <= 0 {
         return Err(bad());
@@ -115,17 +164,35 @@ fn decode_continue(s: &str) -> Result<ContinueToken, ApiError> {
 }
 
 fn parse_rv(s: &str) -> Result<i64, ApiError> {
-    s.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| ApiError::bad_request(format!("invalid resource version: {s:?}")))
+    s.parse::<i64>()
+        .ok()
+        .filter(|n| *n >= 0)
+        .ok_or_else(|| ApiError::bad_request(format!("invalid resource version: {s:?}")))
 }
 
 /// Wait until the cache is at least as new as the store (a consistent read from cache).
 pub(crate) async fn consistent(server: &ApiServer) -> Result<(), ApiError> {
-    let cur = server.store.current_revision().await.map_err(|e| ApiError::internal(e.to_string()))?;
-    server.cache.wait_for(cur, CACHE_WAIT).await.map_err(|e| ApiError::timeout(e.to_string()))
+    let cur = server
+        .store
+        .current_revision()
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    server
+        .cache
+        .wait_for(cur, CACHE_WAIT)
+        .await
+        .map_err(|e| ApiError::timeout(e.to_string()))
 }
 
 /// Items read from the store at an exact revision, filtered, at most `limit` (0 = all).
-async fn store_list(server: &ApiServer, rp: &ResourcePath, filter: &Filter, start_after: Option<String>, rev: i64, limit: usize) -> Result<(Vec<Arc<CachedObject>>, bool), ApiError> {
+async fn store_list(
+    server: &ApiServer,
+    rp: &ResourcePath,
+    filter: &Filter,
+    start_after: Option<String>,
+    rev: i64,
+    limit: usize,
+) -> Result<(Vec<Arc<CachedObject>>, bool), ApiError> {
     let info = rp.info();
     let prefix = info.store_namespace_prefix(rp.namespace.as_deref());
     let mut out = Vec::new();
@@ -138,13 +205,14 @@ async fn store_list(server: &ApiServer, rp: &ResourcePath, filter: &Filter, star
             other => super::write::store_error(info, "")(other),
         })?;
         for kv in &page.items {
-            if let Some(o) = cache::from_kv(&server.cache, kv).map_err(|e| ApiError::internal(e.to_string()))? {
-                if filter.matches(&o) {
-                    if limit > 0 && out.len() == limit {
-                        return Ok((out, true));
-                    }
-                    out.push(Arc::new(o));
+            if let Some(o) =
+                cache::from_kv(&server.cache, kv).map_err(|e| ApiError::internal(e.to_string()))?
+                && filter.matches(&o)
+            {
+                if limit > 0 && out.len() == limit {
+                    return Ok((out, true));
                 }
+                out.push(Arc::new(o));
             }
         }
         if !page.more {
@@ -154,22 +222,38 @@ async fn store_list(server: &ApiServer, rp: &ResourcePath, filter: &Filter, star
     }
 }
 
-pub(crate) async fn list(server: &ApiServer, rp: &ResourcePath, headers: &http::HeaderMap, q: &Query) -> Result<http::Response<Body>, ApiError> {
+pub(crate) async fn list(
+    server: &ApiServer,
+    rp: &ResourcePath,
+    headers: &http::HeaderMap,
+    q: &Query,
+) -> Result<http::Response<Body>, ApiError> {
     let info = rp.info();
     let r = rendering(headers)?;
     let filter = Filter::from_query(info, q)?;
-    let limit = q.int("limit")?.filter(|l| *l > 0).map(|l| l as usize).unwrap_or(0);
-    let (items, rev, more): (Vec<Arc<CachedObject>>, i64, bool) = if let Some(c) = q.get("continue") {
+    let limit = q
+        .int("limit")?
+        .filter(|l| *l > 0)
+        .map(|l| l as usize)
+        .unwrap_or(0);
+    let (items, rev, more): (Vec<Arc<CachedObject>>, i64, bool) = if let Some(c) = q.get("continue")
+    {
         if q.get("resourceVersion").is_some_and(|v| v != "0") {
-            return Err(ApiError::bad_request("specifying resource version is not allowed when using continue"));
+            return Err(ApiError::bad_request(
+                "specifying resource version is not allowed when using continue",
+            ));
         }
         let token = decode_continue(c)?;
-        let (all, rev) = server.cache.list(rp.resource, rp.namespace.as_deref(), Some(&token.start));
+        let (all, rev) =
+            server
+                .cache
+                .list(rp.resource, rp.namespace.as_deref(), Some(&token.start));
         if rev == token.rv {
             let (items, more) = take(all, &filter, limit);
             (items, rev, more)
         } else {
-            let (items, more) = store_list(server, rp, &filter, Some(token.start), token.rv, limit).await?;
+            let (items, more) =
+                store_list(server, rp, &filter, Some(token.start), token.rv, limit).await?;
             (items, token.rv, more)
         }
     } else {
@@ -180,33 +264,59 @@ pub(crate) async fn list(server: &ApiServer, rp: &ResourcePath, headers: &http::
                 let (items, more) = store_list(server, rp, &filter, None, rev, limit).await?;
                 (items, rev, more)
             }
-            (None, true) => return Err(ApiError::bad_request("resourceVersionMatch is forbidden unless resourceVersion is provided")),
+            (None, true) => {
+                return Err(ApiError::bad_request(
+                    "resourceVersionMatch is forbidden unless resourceVersion is provided",
+                ));
+            }
             (Some("0"), false) => {
-                let (all, rev) = server.cache.list(rp.resource, rp.namespace.as_deref(), None);
+                let (all, rev) = server
+                    .cache
+                    .list(rp.resource, rp.namespace.as_deref(), None);
                 let (items, more) = take(all, &filter, limit);
                 (items, rev, more)
             }
             (Some(v), false) => {
                 let want = parse_rv(v)?;
-                server.cache.wait_for(want, CACHE_WAIT).await.map_err(|e| ApiError::timeout(e.to_string()))?;
-                let (all, rev) = server.cache.list(rp.resource, rp.namespace.as_deref(), None);
+                server
+                    .cache
+                    .wait_for(want, CACHE_WAIT)
+                    .await
+                    .map_err(|e| ApiError::timeout(e.to_string()))?;
+                let (all, rev) = server
+                    .cache
+                    .list(rp.resource, rp.namespace.as_deref(), None);
                 let (items, more) = take(all, &filter, limit);
                 (items, rev, more)
             }
             (None, false) => {
                 consistent(server).await?;
-                let (all, rev) = server.cache.list(rp.resource, rp.namespace.as_deref(), None);
+                let (all, rev) = server
+                    .cache
+                    .list(rp.resource, rp.namespace.as_deref(), None);
                 let (items, more) = take(all, &filter, limit);
                 (items, rev, more)
             }
         }
     };
-    let cont = if more { items.last().map(|o| encode_continue(rev, &o.key)) } else { None };
-    let remaining = if more && server.cache.revision() == rev { remaining(server, rp, &filter, items.last()) } else { None };
+    let cont = if more {
+        items.last().map(|o| encode_continue(rev, &o.key))
+    } else {
+        None
+    };
+    let remaining = if more && server.cache.revision() == rev {
+        remaining(server, rp, &filter, items.last())
+    } else {
+        None
+    };
     render_list(info, &items, rev, cont, remaining, r, q)
 }
 
-fn take(all: Vec<Arc<CachedObject>>, filter: &Filter, limit: usize) -> (Vec<Arc<CachedObject>>, bool) {
+fn take(
+    all: Vec<Arc<CachedObject>>,
+    filter: &Filter,
+    limit: usize,
+) -> (Vec<Arc<CachedObject>>, bool) {
     let mut out = Vec::new();
     for o in all {
         if filter.matches(&o) {
@@ -220,12 +330,19 @@ fn take(all: Vec<Arc<CachedObject>>, filter: &Filter, limit: usize) -> (Vec<Arc<
 }
 
 /// Items after `last` in the cache, for `remainingItemCount` (only without selectors, as upstream).
-fn remaining(server: &ApiServer, rp: &ResourcePath, filter: &Filter, last: Option<&Arc<CachedObject>>) -> Option<usize> {
+fn remaining(
+    server: &ApiServer,
+    rp: &ResourcePath,
+    filter: &Filter,
+    last: Option<&Arc<CachedObject>>,
+) -> Option<usize> {
     if !filter.is_empty() {
         return None;
     }
     let last = last?;
-    let (rest, _) = server.cache.list(rp.resource, rp.namespace.as_deref(), Some(&last.key));
+    let (rest, _) = server
+        .cache
+        .list(rp.resource, rp.namespace.as_deref(), Some(&last.key));
     Some(rest.len())
 }
 
@@ -240,7 +357,15 @@ fn list_metadata(rev: i64, cont: &Option<String>, remaining: Option<usize>) -> V
     m
 }
 
-fn render_list(info: &ResourceInfo, items: &[Arc<CachedObject>], rev: i64, cont: Option<String>, remaining: Option<usize>, r: Rendering, q: &Query) -> Result<http::Response<Body>, ApiError> {
+fn render_list(
+    info: &ResourceInfo,
+    items: &[Arc<CachedObject>],
+    rev: i64,
+    cont: Option<String>,
+    remaining: Option<usize>,
+    r: Rendering,
+    q: &Query,
+) -> Result<http::Response<Body>, ApiError> {
     match r {
         Rendering::Json => {
             let head = json!({"kind": info.list_kind(), "apiVersion": info.api_version(), "metadata": list_metadata(rev, &cont, remaining)});
@@ -258,7 +383,10 @@ fn render_list(info: &ResourceInfo, items: &[Arc<CachedObject>], rev: i64, cont:
             buf.put_slice(b"]}");
             Ok(response::json_bytes(200, buf.freeze()))
         }
-        Rendering::Table => Ok(response::json_bytes(200, table_bytes(info, items, list_metadata(rev, &cont, remaining), q)?)),
+        Rendering::Table => Ok(response::json_bytes(
+            200,
+            table_bytes(info, items, list_metadata(rev, &cont, remaining), q)?,
+        )),
         Rendering::Metadata => {
             let values = parse_all(items)?;
             let items: Vec<Value> = values.iter().map(partial_metadata).collect();
@@ -269,12 +397,20 @@ fn render_list(info: &ResourceInfo, items: &[Arc<CachedObject>], rev: i64, cont:
 }
 
 fn parse_all(items: &[Arc<CachedObject>]) -> Result<Vec<Value>, ApiError> {
-    items.iter().map(|o| serde_json::from_slice(&o.json).map_err(|e| ApiError::internal(e.to_string()))).collect()
+    items
+        .iter()
+        .map(|o| serde_json::from_slice(&o.json).map_err(|e| ApiError::internal(e.to_string())))
+        .collect()
 }
 
 /// A Table of `items`, rendered one object at a time into bytes so a large list never holds
 /// every object (or every row) as a JSON tree at once.
-fn table_bytes(info: &ResourceInfo, items: &[Arc<CachedObject>], metadata: Value, q: &Query) -> Result<Bytes, ApiError> {
+fn table_bytes(
+    info: &ResourceInfo,
+    items: &[Arc<CachedObject>],
+    metadata: Value,
+    q: &Query,
+) -> Result<Bytes, ApiError> {
     let ser = |v: &Value| serde_json::to_vec(v).map_err(|e| ApiError::internal(e.to_string()));
     let now = now();
     let include = include_object(q);
@@ -287,7 +423,8 @@ fn table_bytes(info: &ResourceInfo, items: &[Arc<CachedObject>], metadata: Value
     let mut buf = BytesMut::with_capacity(split + items.len() * 256 + 2);
     buf.put_slice(&head[..split]);
     for (i, o) in items.iter().enumerate() {
-        let v: Value = serde_json::from_slice(&o.json).map_err(|e| ApiError::internal(e.to_string()))?;
+        let v: Value =
+            serde_json::from_slice(&o.json).map_err(|e| ApiError::internal(e.to_string()))?;
         if i > 0 {
             buf.put_u8(b',');
         }

@@ -11,14 +11,29 @@ use serde_json::{Value, json};
 fn has_generation(info: &ResourceInfo) -> bool {
     matches!(
         info.kind,
-        "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" | "Job" | "CronJob" | "Ingress" | "NetworkPolicy"
-            | "PodDisruptionBudget" | "HorizontalPodAutoscaler" | "Pod" | "PersistentVolumeClaim" | "ResourceQuota"
+        "Deployment"
+            | "ReplicaSet"
+            | "StatefulSet"
+            | "DaemonSet"
+            | "Job"
+            | "CronJob"
+            | "Ingress"
+            | "NetworkPolicy"
+            | "PodDisruptionBudget"
+            | "HorizontalPodAutoscaler"
+            | "Pod"
+            | "PersistentVolumeClaim"
+            | "ResourceQuota"
     )
 }
 
 /// Kinds with a status subresource whose status a create resets (clients cannot set it).
 fn resets_status_on_create(info: &ResourceInfo) -> bool {
-    info.has_subresource(Subresource::Status) && !matches!(info.kind, "Node" | "Pod" | "Namespace" | "PersistentVolume" | "Service")
+    info.has_subresource(Subresource::Status)
+        && !matches!(
+            info.kind,
+            "Node" | "Pod" | "Namespace" | "PersistentVolume" | "Service"
+        )
 }
 
 /// Quality of service class from container requests and limits (upstream's GetPodQOS, simplified
@@ -56,10 +71,10 @@ fn qos_class(pod: &Value) -> &'static str {
 }
 
 pub(crate) fn prepare_for_create(info: &ResourceInfo, obj: &mut Value) {
-    if resets_status_on_create(info) {
-        if let Some(m) = obj.as_object_mut() {
-            m.remove("status");
-        }
+    if resets_status_on_create(info)
+        && let Some(m) = obj.as_object_mut()
+    {
+        m.remove("status");
     }
     if has_generation(info) {
         meta_mut(obj).insert("generation".into(), json!(1));
@@ -75,10 +90,8 @@ pub(crate) fn prepare_for_create(info: &ResourceInfo, obj: &mut Value) {
                 obj["spec"] = json!({"finalizers": ["kubernetes"]});
             }
         }
-        "Service" => {
-            if obj.get("status").is_none() {
-                obj["status"] = json!({"loadBalancer": {}});
-            }
+        "Service" if obj.get("status").is_none() => {
+            obj["status"] = json!({"loadBalancer": {}});
         }
         _ => {}
     }
@@ -86,7 +99,12 @@ pub(crate) fn prepare_for_create(info: &ResourceInfo, obj: &mut Value) {
 
 /// Merge an incoming update with the stored object: keep server-owned metadata, keep status on
 /// main-resource writes and everything but status on `/status` writes, bump generation.
-pub(crate) fn prepare_for_update(info: &ResourceInfo, old: &Value, mut new: Value, sub: Option<Subresource>) -> Value {
+pub(crate) fn prepare_for_update(
+    info: &ResourceInfo,
+    old: &Value,
+    mut new: Value,
+    sub: Option<Subresource>,
+) -> Value {
     if sub == Some(Subresource::Status) {
         let mut merged = old.clone();
         match new.get("status") {
@@ -114,14 +132,24 @@ pub(crate) fn prepare_for_update(info: &ResourceInfo, old: &Value, mut new: Valu
     }
     let old_meta = object::meta(old).cloned().unwrap_or_default();
     let m = meta_mut(&mut new);
-    for k in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation"] {
+    for k in [
+        "uid",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "generation",
+    ] {
         match old_meta.get(k) {
             Some(v) => m.insert(k.into(), v.clone()),
             None => m.remove(k),
         };
     }
     if has_generation(info) && spec_part(old) != spec_part(&new) {
-        let g = old_meta.get("generation").and_then(Value::as_i64).unwrap_or(0) + 1;
+        let g = old_meta
+            .get("generation")
+            .and_then(Value::as_i64)
+            .unwrap_or(0)
+            + 1;
         meta_mut(&mut new).insert("generation".into(), json!(g));
     }
     new
@@ -129,7 +157,11 @@ pub(crate) fn prepare_for_update(info: &ResourceInfo, old: &Value, mut new: Valu
 
 /// Allocate ClusterIPs and NodePorts for a new Service (or the additions of an updated one).
 /// Returns what was newly allocated so a failed write can release it.
-pub(crate) fn allocate_service(server: &ApiServer, svc: &mut Value, old: Option<&Value>) -> Result<Allocated, ApiError> {
+pub(crate) fn allocate_service(
+    server: &ApiServer,
+    svc: &mut Value,
+    old: Option<&Value>,
+) -> Result<Allocated, ApiError> {
     let mut done = Allocated::default();
     let name = object::name(svc).unwrap_or_default().to_string();
     let info = capstan_api::resources::find("", "v1", "services").expect("services are served");
@@ -137,10 +169,19 @@ pub(crate) fn allocate_service(server: &ApiServer, svc: &mut Value, old: Option<
         done.release(server);
         ApiError::invalid(info, &name, vec![c])
     };
-    let ty = svc["spec"]["type"].as_str().unwrap_or("ClusterIP").to_string();
+    let ty = svc["spec"]["type"]
+        .as_str()
+        .unwrap_or("ClusterIP")
+        .to_string();
     if ty != "ExternalName" {
-        let requested = svc["spec"]["clusterIP"].as_str().filter(|s| !s.is_empty()).map(String::from);
-        let old_ip = old.and_then(|o| o["spec"]["clusterIP"].as_str()).filter(|s| !s.is_empty()).map(String::from);
+        let requested = svc["spec"]["clusterIP"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .map(String::from);
+        let old_ip = old
+            .and_then(|o| o["spec"]["clusterIP"].as_str())
+            .filter(|s| !s.is_empty())
+            .map(String::from);
         match (requested.as_deref(), old_ip.as_deref()) {
             (Some("None"), _) => {
                 svc["spec"]["clusterIPs"] = json!(["None"]);
@@ -151,7 +192,10 @@ pub(crate) fn allocate_service(server: &ApiServer, svc: &mut Value, old: Option<
                 svc["spec"]["clusterIPs"] = json!([o]);
             }
             (req, _) => {
-                let ip = server.allocator.allocate_ip(req).map_err(|c| fail(&done, c))?;
+                let ip = server
+                    .allocator
+                    .allocate_ip(req)
+                    .map_err(|c| fail(&done, c))?;
                 done.ips.push(ip.to_string());
                 svc["spec"]["clusterIP"] = json!(ip.to_string());
                 svc["spec"]["clusterIPs"] = json!([ip.to_string()]);
@@ -169,7 +213,10 @@ pub(crate) fn allocate_service(server: &ApiServer, svc: &mut Value, old: Option<
     if let Some(ports) = svc["spec"]["ports"].as_array_mut() {
         for (i, p) in ports.iter_mut().enumerate() {
             let field = format!("spec.ports[{i}].nodePort");
-            let req = p["nodePort"].as_u64().and_then(|n| u16::try_from(n).ok()).filter(|n| *n > 0);
+            let req = p["nodePort"]
+                .as_u64()
+                .and_then(|n| u16::try_from(n).ok())
+                .filter(|n| *n > 0);
             if !wants_node_ports {
                 if let Some(m) = p.as_object_mut() {
                     m.remove("nodePort");
@@ -179,7 +226,10 @@ pub(crate) fn allocate_service(server: &ApiServer, svc: &mut Value, old: Option<
             match req {
                 Some(n) if old_ports.contains(&n) => {}
                 _ => {
-                    let n = server.allocator.allocate_port(req, &field).map_err(|c| fail(&done, c))?;
+                    let n = server
+                        .allocator
+                        .allocate_port(req, &field)
+                        .map_err(|c| fail(&done, c))?;
                     done.ports.push(n);
                     p["nodePort"] = json!(n);
                 }

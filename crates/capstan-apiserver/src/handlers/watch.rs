@@ -38,7 +38,9 @@ impl Source {
         match self {
             Source::Cache(rx) => match rx.recv().await {
                 Ok(e) => Next::Event(e),
-                Err(broadcast::error::RecvError::Lagged(_)) => Next::Fail(ApiError::expired("watch fell too far behind; restart it")),
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    Next::Fail(ApiError::expired("watch fell too far behind; restart it"))
+                }
                 Err(broadcast::error::RecvError::Closed) => Next::Closed,
             },
             Source::Store(rx, cache) => loop {
@@ -48,8 +50,13 @@ impl Source {
                             return Next::Event(Arc::new(e));
                         }
                     }
-                    Some(Err(StoreError::Compacted { requested, compacted })) => {
-                        return Next::Fail(ApiError::expired(format!("too old resource version: {requested} ({compacted})")));
+                    Some(Err(StoreError::Compacted {
+                        requested,
+                        compacted,
+                    })) => {
+                        return Next::Fail(ApiError::expired(format!(
+                            "too old resource version: {requested} ({compacted})"
+                        )));
                     }
                     Some(Err(e)) => return Next::Fail(ApiError::internal(e.to_string())),
                     None => return Next::Closed,
@@ -64,16 +71,40 @@ fn store_event(cache: &cache::WatchCache, ev: WatchEvent) -> Option<CacheEvent> 
     let info = &RESOURCES[idx];
     let (kind, obj, prev) = match &ev {
         WatchEvent::Put { kv, prev } => {
-            let o = cache::cached_object(info, &kv.key, ns.clone(), name.clone(), &kv.value, kv.mod_revision).ok()?;
-            let p = prev.as_ref().and_then(|p| cache::cached_object(info, &p.key, ns, name, &p.value, p.mod_revision).ok());
-            (if prev.is_some() { EventType::Modified } else { EventType::Added }, o, p)
+            let o = cache::cached_object(
+                info,
+                &kv.key,
+                ns.clone(),
+                name.clone(),
+                &kv.value,
+                kv.mod_revision,
+            )
+            .ok()?;
+            let p = prev.as_ref().and_then(|p| {
+                cache::cached_object(info, &p.key, ns, name, &p.value, p.mod_revision).ok()
+            });
+            (
+                if prev.is_some() {
+                    EventType::Modified
+                } else {
+                    EventType::Added
+                },
+                o,
+                p,
+            )
         }
         WatchEvent::Delete { prev, revision } => {
             let o = cache::cached_object(info, &prev.key, ns, name, &prev.value, *revision).ok()?;
             (EventType::Deleted, o, None)
         }
     };
-    Some(CacheEvent { resource: idx, kind, object: Arc::new(obj), prev: prev.map(Arc::new), rev: ev.revision() })
+    Some(CacheEvent {
+        resource: idx,
+        kind,
+        object: Arc::new(obj),
+        prev: prev.map(Arc::new),
+        rev: ev.revision(),
+    })
 }
 
 /// Turns cache events into wire lines for one watcher.
@@ -94,7 +125,12 @@ impl Encoder {
             Rendering::Json => out.extend_from_slice(&obj.json),
             Rendering::Table => {
                 let v: Value = serde_json::from_slice(&obj.json).ok()?;
-                let mut t = table::to_table(self.info, std::slice::from_ref(&v), self.q_include, jiff::Timestamp::now());
+                let mut t = table::to_table(
+                    self.info,
+                    std::slice::from_ref(&v),
+                    self.q_include,
+                    jiff::Timestamp::now(),
+                );
                 if !self.first {
                     t["columnDefinitions"] = json!([]);
                 }
@@ -123,7 +159,8 @@ impl Encoder {
     }
 
     fn error(e: &ApiError) -> Bytes {
-        let mut v = serde_json::to_vec(&json!({"type": "ERROR", "object": e.to_status()})).unwrap_or_default();
+        let mut v = serde_json::to_vec(&json!({"type": "ERROR", "object": e.to_status()}))
+            .unwrap_or_default();
         v.push(b'\n');
         Bytes::from(v)
     }
@@ -135,10 +172,10 @@ fn visible(ev: &CacheEvent, rp: &ResourcePath, filter: &Filter) -> Option<EventT
     if ev.resource != rp.resource {
         return None;
     }
-    if let Some(ns) = &rp.namespace {
-        if ev.object.namespace.as_deref() != Some(ns.as_str()) {
-            return None;
-        }
+    if let Some(ns) = &rp.namespace
+        && ev.object.namespace.as_deref() != Some(ns.as_str())
+    {
+        return None;
     }
     let cur = filter.matches(&ev.object);
     if filter.is_empty() || ev.kind != EventType::Modified {
@@ -153,7 +190,12 @@ fn visible(ev: &CacheEvent, rp: &ResourcePath, filter: &Filter) -> Option<EventT
     }
 }
 
-pub(crate) async fn watch(server: &ApiServer, rp: &ResourcePath, headers: &http::HeaderMap, q: &Query) -> Result<http::Response<Body>, ApiError> {
+pub(crate) async fn watch(
+    server: &ApiServer,
+    rp: &ResourcePath,
+    headers: &http::HeaderMap,
+    q: &Query,
+) -> Result<http::Response<Body>, ApiError> {
     let info = rp.info();
     let rendering = read::rendering(headers)?;
     let filter = Filter::from_query(info, q)?;
@@ -163,24 +205,35 @@ pub(crate) async fn watch(server: &ApiServer, rp: &ResourcePath, headers: &http:
         Some(s) if s > 0 => Duration::from_secs(s as u64),
         _ => Duration::from_secs(1800 + rand::rng().random_range(0..1800)),
     };
-    let mut enc = Encoder { info, rendering, q_include: read::include_object(q), first: true };
+    let mut enc = Encoder {
+        info,
+        rendering,
+        q_include: read::include_object(q),
+        first: true,
+    };
     let (tx, rx) = mpsc::channel::<Bytes>(256);
     let mut first_lines = Vec::new();
     let rv = q.get("resourceVersion");
     let (initial, start_rev, mut source): (Vec<Arc<CachedObject>>, i64, Source) = match rv {
         Some(v) if v != "0" && !send_initial => {
-            let rev: i64 = v.parse().map_err(|_| ApiError::bad_request(format!("invalid resource version: {v:?}")))?;
-            server.cache.wait_for(rev, Duration::from_secs(3)).await.map_err(|e| ApiError::timeout(e.to_string()))?;
+            let rev: i64 = v
+                .parse()
+                .map_err(|_| ApiError::bad_request(format!("invalid resource version: {v:?}")))?;
+            server
+                .cache
+                .wait_for(rev, Duration::from_secs(3))
+                .await
+                .map_err(|e| ApiError::timeout(e.to_string()))?;
             match server.cache.watch_from(rp.resource, rev) {
                 Ok((replay, live)) => {
                     // Buffered events first; live ones at or below the last replayed revision are skipped.
                     let mut last = rev;
                     for ev in &replay {
                         last = ev.rev;
-                        if let Some(k) = visible(ev, rp, &filter) {
-                            if let Some(l) = enc.line(k.as_str(), &ev.object) {
-                                first_lines.push(l);
-                            }
+                        if let Some(k) = visible(ev, rp, &filter)
+                            && let Some(l) = enc.line(k.as_str(), &ev.object)
+                        {
+                            first_lines.push(l);
                         }
                     }
                     (Vec::new(), last, Source::Cache(live))
@@ -189,8 +242,13 @@ pub(crate) async fn watch(server: &ApiServer, rp: &ResourcePath, headers: &http:
                     let prefix = info.store_namespace_prefix(rp.namespace.as_deref());
                     match server.store.watch(&prefix, rev).await {
                         Ok(w) => (Vec::new(), rev, Source::Store(w, server.cache.clone())),
-                        Err(StoreError::Compacted { requested, compacted }) => {
-                            let e = ApiError::expired(format!("too old resource version: {requested} ({compacted})"));
+                        Err(StoreError::Compacted {
+                            requested,
+                            compacted,
+                        }) => {
+                            let e = ApiError::expired(format!(
+                                "too old resource version: {requested} ({compacted})"
+                            ));
                             return Ok(stream_response(vec![Encoder::error(&e)], None));
                         }
                         Err(e) => return Err(ApiError::internal(e.to_string())),
@@ -203,7 +261,9 @@ pub(crate) async fn watch(server: &ApiServer, rp: &ResourcePath, headers: &http:
             if rv.is_none() {
                 read::consistent(server).await?;
             }
-            let (objs, rev, live) = server.cache.snapshot_and_watch(rp.resource, rp.namespace.as_deref());
+            let (objs, rev, live) = server
+                .cache
+                .snapshot_and_watch(rp.resource, rp.namespace.as_deref());
             (objs, rev, Source::Cache(live))
         }
     };
@@ -221,7 +281,12 @@ pub(crate) async fn watch(server: &ApiServer, rp: &ResourcePath, headers: &http:
     let rp_resource = rp.resource;
     let rp_ns = rp.namespace.clone();
     tokio::spawn(async move {
-        let rp = ResourcePath { resource: rp_resource, namespace: rp_ns, name: None, subresource: None };
+        let rp = ResourcePath {
+            resource: rp_resource,
+            namespace: rp_ns,
+            name: None,
+            subresource: None,
+        };
         for l in first_lines {
             if tx.send(l).await.is_err() {
                 return;
@@ -245,11 +310,9 @@ pub(crate) async fn watch(server: &ApiServer, rp: &ResourcePath, headers: &http:
                             continue;
                         }
                         last_rev = ev.rev;
-                        if let Some(k) = visible(&ev, &rp, &filter) {
-                            if let Some(l) = enc.line(k.as_str(), &ev.object) {
-                                if tx.send(l).await.is_err() { break; }
-                            }
-                        }
+                        if let Some(k) = visible(&ev, &rp, &filter)
+                            && let Some(l) = enc.line(k.as_str(), &ev.object)
+                                && tx.send(l).await.is_err() { break; }
                     }
                     Next::Fail(e) => { let _ = tx.send(Encoder::error(&e)).await; break; }
                     Next::Closed => break,
@@ -262,7 +325,11 @@ pub(crate) async fn watch(server: &ApiServer, rp: &ResourcePath, headers: &http:
 
 /// A chunked `application/json` response made of `lines` then whatever arrives on `rx`.
 fn stream_response(lines: Vec<Bytes>, rx: Option<mpsc::Receiver<Bytes>>) -> http::Response<Body> {
-    let head = futures::stream::iter(lines.into_iter().map(|b| Ok::<_, std::convert::Infallible>(Frame::data(b))));
+    let head = futures::stream::iter(
+        lines
+            .into_iter()
+            .map(|b| Ok::<_, std::convert::Infallible>(Frame::data(b))),
+    );
     let tail = futures::stream::unfold(rx, |rx| async move {
         let mut rx = rx?;
         let b = rx.recv().await?;
@@ -271,7 +338,13 @@ fn stream_response(lines: Vec<Bytes>, rx: Option<mpsc::Receiver<Bytes>>) -> http
     use futures::StreamExt;
     let body = BodyExt::boxed(StreamBody::new(head.chain(tail)));
     let mut r = http::Response::new(body);
-    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
-    r.headers_mut().insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("no-cache, private"));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-cache, private"),
+    );
     r
 }

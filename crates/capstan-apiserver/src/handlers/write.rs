@@ -15,13 +15,21 @@ use serde_json::{Value, json};
 /// Attempts of a read-modify-write before giving up on a busy object.
 const MAX_RETRIES: usize = 8;
 
-pub(crate) fn store_error(info: &'static ResourceInfo, name: &str) -> impl Fn(StoreError) -> ApiError + use<> {
+pub(crate) fn store_error(
+    info: &'static ResourceInfo,
+    name: &str,
+) -> impl Fn(StoreError) -> ApiError + use<> {
     let name = name.to_string();
     move |e| match e {
         StoreError::AlreadyExists(_) => ApiError::already_exists(info, &name),
         StoreError::NotFound(_) => ApiError::not_found(info, &name),
         StoreError::Conflict { .. } => ApiError::conflict(info, &name),
-        StoreError::Compacted { requested, compacted } => ApiError::expired(format!("too old resource version: {requested} ({compacted})")),
+        StoreError::Compacted {
+            requested,
+            compacted,
+        } => ApiError::expired(format!(
+            "too old resource version: {requested} ({compacted})"
+        )),
         other => ApiError::internal(other.to_string()),
     }
 }
@@ -29,24 +37,40 @@ pub(crate) fn store_error(info: &'static ResourceInfo, name: &str) -> impl Fn(St
 /// Check apiVersion/kind of a request body against the endpoint, filling them when absent.
 fn check_type_meta(info: &ResourceInfo, obj: &mut Value) -> Result<(), ApiError> {
     if !obj.is_object() {
-        return Err(ApiError::bad_request(format!("{} in version {:?} cannot be handled as a {}: body must be a JSON object", info.kind, info.version, info.kind)));
+        return Err(ApiError::bad_request(format!(
+            "{} in version {:?} cannot be handled as a {}: body must be a JSON object",
+            info.kind, info.version, info.kind
+        )));
     }
     let want = info.api_version();
     match obj.get("apiVersion").and_then(Value::as_str) {
         None | Some("") => obj["apiVersion"] = json!(want),
         Some(v) if v == want => {}
-        Some(v) => return Err(ApiError::bad_request(format!("the API version in the data ({v}) does not match the expected API version ({want})"))),
+        Some(v) => {
+            return Err(ApiError::bad_request(format!(
+                "the API version in the data ({v}) does not match the expected API version ({want})"
+            )));
+        }
     }
     match obj.get("kind").and_then(Value::as_str) {
         None | Some("") => obj["kind"] = json!(info.kind),
         Some(k) if k == info.kind => {}
-        Some(k) => return Err(ApiError::bad_request(format!("the kind in the data ({k}) does not match the expected kind ({})", info.kind))),
+        Some(k) => {
+            return Err(ApiError::bad_request(format!(
+                "the kind in the data ({k}) does not match the expected kind ({})",
+                info.kind
+            )));
+        }
     }
     Ok(())
 }
 
 /// Namespace of the body against the URL's.
-fn check_namespace(info: &ResourceInfo, rp: &ResourcePath, obj: &mut Value) -> Result<(), ApiError> {
+fn check_namespace(
+    info: &ResourceInfo,
+    rp: &ResourcePath,
+    obj: &mut Value,
+) -> Result<(), ApiError> {
     let m = meta_mut(obj);
     if !info.namespaced {
         m.remove("namespace");
@@ -59,18 +83,27 @@ fn check_namespace(info: &ResourceInfo, rp: &ResourcePath, obj: &mut Value) -> R
             Ok(())
         }
         Some(ns) if ns == url_ns => Ok(()),
-        Some(_) => Err(ApiError::bad_request("the namespace of the provided object does not match the namespace sent on the request")),
+        Some(_) => Err(ApiError::bad_request(
+            "the namespace of the provided object does not match the namespace sent on the request",
+        )),
     }
 }
 
 /// Unknown-field check per fieldValidation, then the typed round trip that drops them.
-fn decode_checked(info: &ResourceInfo, obj: &Value, fv: FieldValidation) -> Result<(Value, Vec<String>), ApiError> {
+fn decode_checked(
+    info: &ResourceInfo,
+    obj: &Value,
+    fv: FieldValidation,
+) -> Result<(Value, Vec<String>), ApiError> {
     validation::check_decodes(info, obj)?;
     let mut warnings = Vec::new();
     if fv != FieldValidation::Ignore {
         let unknown = validation::unknown_fields(info, obj);
         if !unknown.is_empty() {
-            let msgs: Vec<String> = unknown.iter().map(|f| format!("unknown field {f:?}")).collect();
+            let msgs: Vec<String> = unknown
+                .iter()
+                .map(|f| format!("unknown field {f:?}"))
+                .collect();
             if fv == FieldValidation::Strict {
                 return Err(ApiError::bad_request(format!(
                     "{} in version {:?} cannot be handled as a {}: strict decoding error: {}",
@@ -83,8 +116,12 @@ fn decode_checked(info: &ResourceInfo, obj: &Value, fv: FieldValidation) -> Resu
             warnings = msgs;
         }
     }
-    let normalized = capstan_api::typed::roundtrip(info, obj)
-        .map_err(|e| ApiError::bad_request(format!("{} in version {:?} cannot be handled as a {}: {e}", info.kind, info.version, info.kind)))?;
+    let normalized = capstan_api::typed::roundtrip(info, obj).map_err(|e| {
+        ApiError::bad_request(format!(
+            "{} in version {:?} cannot be handled as a {}: {e}",
+            info.kind, info.version, info.kind
+        ))
+    })?;
     Ok((normalized, warnings))
 }
 
@@ -103,29 +140,50 @@ fn with_rv(mut obj: Value, rev: i64) -> Value {
 }
 
 fn parse_stored(kv: &KeyValue) -> Result<Value, ApiError> {
-    let v: Value = serde_json::from_slice(&kv.value).map_err(|e| ApiError::internal(format!("stored object {} is corrupt: {e}", kv.key)))?;
+    let v: Value = serde_json::from_slice(&kv.value)
+        .map_err(|e| ApiError::internal(format!("stored object {} is corrupt: {e}", kv.key)))?;
     Ok(with_rv(v, kv.mod_revision))
 }
 
 /// NamespaceLifecycle: the namespace must exist and not be terminating.
-async fn admit_namespace(server: &ApiServer, info: &ResourceInfo, ns: Option<&str>) -> Result<(), ApiError> {
+async fn admit_namespace(
+    server: &ApiServer,
+    info: &ResourceInfo,
+    ns: Option<&str>,
+) -> Result<(), ApiError> {
     if !info.namespaced {
         return Ok(());
     }
     let ns = ns.unwrap_or_default();
     let ns_info = resources::find("", "v1", "namespaces").expect("namespaces are served");
-    let kv = server.store.get(&ns_info.store_key(None, ns)).await.map_err(|e| ApiError::internal(e.to_string()))?;
+    let kv = server
+        .store
+        .get(&ns_info.store_key(None, ns))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
     let kv = kv.ok_or_else(|| ApiError::not_found(ns_info, ns))?;
     let v: Value = serde_json::from_slice(&kv.value).unwrap_or(Value::Null);
     if object::meta_str(&v, "deletionTimestamp").is_some() {
-        let mut e = ApiError::forbidden(format!("unable to create new content in namespace {ns} because it is being terminated"));
-        e.causes = vec![capstan_api::status::Cause::new("NamespaceTerminating", "metadata.namespace", format!("namespace {ns} is being terminated"))];
+        let mut e = ApiError::forbidden(format!(
+            "unable to create new content in namespace {ns} because it is being terminated"
+        ));
+        e.causes = vec![capstan_api::status::Cause::new(
+            "NamespaceTerminating",
+            "metadata.namespace",
+            format!("namespace {ns} is being terminated"),
+        )];
         return Err(e);
     }
     Ok(())
 }
 
-pub(crate) async fn create(server: &ApiServer, rp: &ResourcePath, headers: &http::HeaderMap, q: &Query, body: bytes::Bytes) -> Result<http::Response<Body>, ApiError> {
+pub(crate) async fn create(
+    server: &ApiServer,
+    rp: &ResourcePath,
+    headers: &http::HeaderMap,
+    q: &Query,
+    body: bytes::Bytes,
+) -> Result<http::Response<Body>, ApiError> {
     let info = rp.info();
     if info.namespaced && rp.namespace.is_none() {
         return Err(ApiError::method_not_supported(info, "create"));
@@ -136,23 +194,45 @@ pub(crate) async fn create(server: &ApiServer, rp: &ResourcePath, headers: &http
     check_namespace(info, rp, &mut obj)?;
     let (obj, warnings) = decode_checked(info, &obj, opts.field_validation)?;
     let created = create_object(server, info, obj, &opts).await?;
-    let r = super::read::render_one(info, serde_json::to_vec(&created).unwrap_or_default().into(), super::read::rendering(headers)?, q, 201)?;
+    let r = super::read::render_one(
+        info,
+        serde_json::to_vec(&created).unwrap_or_default().into(),
+        super::read::rendering(headers)?,
+        q,
+        201,
+    )?;
     Ok(response::with_warnings(r, &warnings))
 }
 
 /// The create path shared by POST and server-side apply of a new object.
-pub(crate) async fn create_object(server: &ApiServer, info: &'static ResourceInfo, mut obj: Value, opts: &WriteOptions) -> Result<Value, ApiError> {
+pub(crate) async fn create_object(
+    server: &ApiServer,
+    info: &'static ResourceInfo,
+    mut obj: Value,
+    opts: &WriteOptions,
+) -> Result<Value, ApiError> {
     meta_mut(&mut obj).insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
     defaults::apply_defaults(info, &mut obj);
     let m = meta_mut(&mut obj);
-    if m.get("name").and_then(Value::as_str).unwrap_or_default().is_empty() {
-        if let Some(g) = m.get("generateName").and_then(Value::as_str).filter(|g| !g.is_empty()) {
-            let name = format!("{g}{}", object::random_suffix(5));
-            m.insert("name".into(), json!(name));
-        }
+    if m.get("name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .is_empty()
+        && let Some(g) = m
+            .get("generateName")
+            .and_then(Value::as_str)
+            .filter(|g| !g.is_empty())
+    {
+        let name = format!("{g}{}", object::random_suffix(5));
+        m.insert("name".into(), json!(name));
     }
-    if m.get("resourceVersion").and_then(Value::as_str).is_some_and(|s| !s.is_empty()) {
-        return Err(ApiError::bad_request("resourceVersion should not be set on objects to be created"));
+    if m.get("resourceVersion")
+        .and_then(Value::as_str)
+        .is_some_and(|s| !s.is_empty())
+    {
+        return Err(ApiError::bad_request(
+            "resourceVersion should not be set on objects to be created",
+        ));
     }
     m.remove("resourceVersion");
     m.remove("deletionTimestamp");
@@ -168,7 +248,10 @@ pub(crate) async fn create_object(server: &ApiServer, info: &'static ResourceInf
     } else {
         None
     };
-    if !obj["metadata"].get("managedFields").is_some_and(|v| v.as_array().is_some_and(|a| !a.is_empty())) {
+    if obj["metadata"]
+        .get("managedFields")
+        .is_none_or(|v| v.as_array().is_none_or(|a| a.is_empty()))
+    {
         apply::track_update(info, None, &mut obj, &opts.manager, None, &now_rfc3339());
     }
     if opts.dry_run {
@@ -200,14 +283,25 @@ pub(crate) enum Prepared {
 
 /// Run a read-modify-write: `mutate(old)` gives the desired object; retried on conflicts
 /// unless the client pinned a resourceVersion.
-async fn update_loop<F>(server: &ApiServer, info: &'static ResourceInfo, rp: &ResourcePath, opts: &WriteOptions, sub: Option<Subresource>, mut mutate: F) -> Result<(Value, u16), ApiError>
+async fn update_loop<F>(
+    server: &ApiServer,
+    info: &'static ResourceInfo,
+    rp: &ResourcePath,
+    opts: &WriteOptions,
+    sub: Option<Subresource>,
+    mut mutate: F,
+) -> Result<(Value, u16), ApiError>
 where
     F: FnMut(Option<&Value>) -> Result<Mutation, ApiError>,
 {
     let name = rp.name.clone().unwrap_or_default();
     let key = info.store_key(rp.namespace.as_deref(), &name);
     for _ in 0..MAX_RETRIES {
-        let cur = server.store.get(&key).await.map_err(store_error(info, &name))?;
+        let cur = server
+            .store
+            .get(&key)
+            .await
+            .map_err(store_error(info, &name))?;
         let old = cur.as_ref().map(parse_stored).transpose()?;
         let m = mutate(old.as_ref())?;
         let (mut desired, pinned) = match m {
@@ -220,11 +314,13 @@ where
             }
             Mutation::Update { obj, pinned } => (obj, pinned),
         };
-        let (Some(old), Some(cur)) = (old, cur) else { return Err(ApiError::not_found(info, &name)) };
-        if let Some(rv) = pinned {
-            if rv != cur.mod_revision {
-                return Err(ApiError::conflict(info, &name));
-            }
+        let (Some(old), Some(cur)) = (old, cur) else {
+            return Err(ApiError::not_found(info, &name));
+        };
+        if let Some(rv) = pinned
+            && rv != cur.mod_revision
+        {
+            return Err(ApiError::conflict(info, &name));
         }
         if object::name(&desired) != Some(name.as_str()) {
             return Err(ApiError::bad_request(format!(
@@ -242,13 +338,27 @@ where
         } else {
             None
         };
-        let prepared = if strip_rv(&new) == strip_rv(&old) { Prepared::Unchanged(old.clone()) } else { Prepared::Write { obj: new, expected: cur.mod_revision } };
+        let prepared = if strip_rv(&new) == strip_rv(&old) {
+            Prepared::Unchanged(old.clone())
+        } else {
+            Prepared::Write {
+                obj: new,
+                expected: cur.mod_revision,
+            }
+        };
         let (mut obj, expected) = match prepared {
             Prepared::Unchanged(o) => return Ok((o, 200)),
             Prepared::Write { obj, expected } => (obj, expected),
         };
         if !opts.manager.is_empty() && !is_apply_result(&obj, &old) {
-            apply::track_update(info, Some(&old), &mut obj, &opts.manager, sub.map(|s| s.name()), &now_rfc3339());
+            apply::track_update(
+                info,
+                Some(&old),
+                &mut obj,
+                &opts.manager,
+                sub.map(|s| s.name()),
+                &now_rfc3339(),
+            );
         }
         if opts.dry_run {
             if let Some(a) = &allocated {
@@ -256,15 +366,22 @@ where
             }
             return Ok((obj, 200));
         }
-        let finalize_now = object::meta_str(&obj, "deletionTimestamp").is_some() && object::finalizers(&obj).is_empty();
-        match server.store.update(&key, to_store_bytes(&obj)?, expected).await {
+        let finalize_now = object::meta_str(&obj, "deletionTimestamp").is_some()
+            && object::finalizers(&obj).is_empty();
+        match server
+            .store
+            .update(&key, to_store_bytes(&obj)?, expected)
+            .await
+        {
             Ok(rev) => {
                 if info.kind == "Service" && info.group.is_empty() {
                     strategy::release_service_diff(server, &old, &obj);
                 }
                 let obj = with_rv(obj, rev);
                 if finalize_now {
-                    return finish_delete(server, info, &key, &name, &obj, rev).await.map(|o| (o, 200));
+                    return finish_delete(server, info, &key, &name, &obj, rev)
+                        .await
+                        .map(|o| (o, 200));
                 }
                 return Ok((obj, 200));
             }
@@ -306,16 +423,32 @@ pub(crate) enum Mutation {
 fn pinned_rv(obj: &Value) -> Result<Option<i64>, ApiError> {
     match object::meta_str(obj, "resourceVersion") {
         None => Ok(None),
-        Some(s) => s.parse().map(Some).map_err(|_| ApiError::bad_request(format!("invalid resource version: {s:?}"))),
+        Some(s) => s
+            .parse()
+            .map(Some)
+            .map_err(|_| ApiError::bad_request(format!("invalid resource version: {s:?}"))),
     }
 }
 
-pub(crate) async fn update(server: &ApiServer, rp: &ResourcePath, headers: &http::HeaderMap, q: &Query, body: bytes::Bytes) -> Result<http::Response<Body>, ApiError> {
+pub(crate) async fn update(
+    server: &ApiServer,
+    rp: &ResourcePath,
+    headers: &http::HeaderMap,
+    q: &Query,
+    body: bytes::Bytes,
+) -> Result<http::Response<Body>, ApiError> {
     update_with(server, rp, headers, q, body, None).await
 }
 
 /// PUT of the main resource or of `/status`.
-pub(crate) async fn update_with(server: &ApiServer, rp: &ResourcePath, headers: &http::HeaderMap, q: &Query, body: bytes::Bytes, sub: Option<Subresource>) -> Result<http::Response<Body>, ApiError> {
+pub(crate) async fn update_with(
+    server: &ApiServer,
+    rp: &ResourcePath,
+    headers: &http::HeaderMap,
+    q: &Query,
+    body: bytes::Bytes,
+    sub: Option<Subresource>,
+) -> Result<http::Response<Body>, ApiError> {
     let info = rp.info();
     let opts = WriteOptions::from_request(q, headers)?;
     let mut obj = decode_body(info, &body, &content_type(headers))?;
@@ -324,27 +457,54 @@ pub(crate) async fn update_with(server: &ApiServer, rp: &ResourcePath, headers: 
     let (obj, warnings) = decode_checked(info, &obj, opts.field_validation)?;
     let pinned = pinned_rv(&obj)?;
     let (out, code) = update_loop(server, info, rp, &opts, sub, |old| match old {
-        None => Err(ApiError::not_found(info, rp.name.as_deref().unwrap_or_default())),
-        Some(_) => Ok(Mutation::Update { obj: obj.clone(), pinned }),
+        None => Err(ApiError::not_found(
+            info,
+            rp.name.as_deref().unwrap_or_default(),
+        )),
+        Some(_) => Ok(Mutation::Update {
+            obj: obj.clone(),
+            pinned,
+        }),
     })
     .await?;
-    let r = super::read::render_one(info, serde_json::to_vec(&out).unwrap_or_default().into(), super::read::rendering(headers)?, q, code)?;
+    let r = super::read::render_one(
+        info,
+        serde_json::to_vec(&out).unwrap_or_default().into(),
+        super::read::rendering(headers)?,
+        q,
+        code,
+    )?;
     Ok(response::with_warnings(r, &warnings))
 }
 
-pub(crate) async fn patch(server: &ApiServer, rp: &ResourcePath, headers: &http::HeaderMap, q: &Query, body: bytes::Bytes) -> Result<http::Response<Body>, ApiError> {
+pub(crate) async fn patch(
+    server: &ApiServer,
+    rp: &ResourcePath,
+    headers: &http::HeaderMap,
+    q: &Query,
+    body: bytes::Bytes,
+) -> Result<http::Response<Body>, ApiError> {
     patch_with(server, rp, headers, q, body, None).await
 }
 
 /// PATCH of the main resource or of `/status` with any of the four patch types.
-pub(crate) async fn patch_with(server: &ApiServer, rp: &ResourcePath, headers: &http::HeaderMap, q: &Query, body: bytes::Bytes, sub: Option<Subresource>) -> Result<http::Response<Body>, ApiError> {
+pub(crate) async fn patch_with(
+    server: &ApiServer,
+    rp: &ResourcePath,
+    headers: &http::HeaderMap,
+    q: &Query,
+    body: bytes::Bytes,
+    sub: Option<Subresource>,
+) -> Result<http::Response<Body>, ApiError> {
     let info = rp.info();
     let opts = WriteOptions::from_request(q, headers)?;
     let ct = content_type(headers);
     let name = rp.name.clone().unwrap_or_default();
     let is_apply = ct == "application/apply-patch+yaml";
     if is_apply && q.get("fieldManager").is_none() {
-        return Err(ApiError::bad_request("PATCH requests with application/apply-patch+yaml require a fieldManager query parameter"));
+        return Err(ApiError::bad_request(
+            "PATCH requests with application/apply-patch+yaml require a fieldManager query parameter",
+        ));
     }
     let applied = if is_apply {
         let mut a = decode_body(info, &body, &ct)?;
@@ -360,36 +520,52 @@ pub(crate) async fn patch_with(server: &ApiServer, rp: &ResourcePath, headers: &
         let now = now_rfc3339();
         let patched = match (&applied, old) {
             (Some(a), None) => {
-                let merged = apply::server_side_apply(info, None, a, &opts.manager, opts.force, &now)?;
+                let merged =
+                    apply::server_side_apply(info, None, a, &opts.manager, opts.force, &now)?;
                 let (obj, w) = decode_checked(info, &merged, fv)?;
                 warnings = w;
                 return Ok(Mutation::Create(obj));
             }
-            (Some(a), Some(old)) => apply::server_side_apply(info, Some(old), a, &opts.manager, opts.force, &now)?,
+            (Some(a), Some(old)) => {
+                apply::server_side_apply(info, Some(old), a, &opts.manager, opts.force, &now)?
+            }
             (None, None) => return Err(ApiError::not_found(info, &name)),
             (None, Some(old)) => match ct.as_str() {
                 "application/json-patch+json" => patch::apply_json_patch(old, &body)?,
                 "application/merge-patch+json" => patch::apply_merge_patch(old, &body)?,
-                "application/strategic-merge-patch+json" => patch::apply_strategic_merge_patch(info, old, &body)?,
+                "application/strategic-merge-patch+json" => {
+                    patch::apply_strategic_merge_patch(info, old, &body)?
+                }
                 other => return Err(ApiError::unsupported_media_type(other)),
             },
         };
         let old = old.expect("checked above");
         let mut patched = patched;
         check_type_meta(info, &mut patched)?;
-        let pinned = match (object::meta_str(&patched, "resourceVersion"), object::meta_str(old, "resourceVersion")) {
+        let pinned = match (
+            object::meta_str(&patched, "resourceVersion"),
+            object::meta_str(old, "resourceVersion"),
+        ) {
             (Some(p), Some(o)) if p != o => pinned_rv(&patched)?,
             _ => None,
         };
         if object::meta_str(&patched, "namespace") != object::meta_str(old, "namespace") {
-            return Err(ApiError::bad_request("the namespace of the object does not match the namespace on the request"));
+            return Err(ApiError::bad_request(
+                "the namespace of the object does not match the namespace on the request",
+            ));
         }
         let (obj, w) = decode_checked(info, &patched, fv)?;
         warnings = w;
         Ok(Mutation::Update { obj, pinned })
     })
     .await?;
-    let r = super::read::render_one(info, serde_json::to_vec(&out).unwrap_or_default().into(), super::read::rendering(headers)?, q, code)?;
+    let r = super::read::render_one(
+        info,
+        serde_json::to_vec(&out).unwrap_or_default().into(),
+        super::read::rendering(headers)?,
+        q,
+        code,
+    )?;
     Ok(response::with_warnings(r, &warnings))
 }
 
@@ -406,25 +582,43 @@ fn delete_options(q: &Query, body: &[u8]) -> Result<DeleteOptions, ApiError> {
     let b: Value = if body.iter().all(u8::is_ascii_whitespace) {
         Value::Null
     } else {
-        serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?
+        serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?
     };
-    let dry = q.dry_run()? || b["dryRun"].as_array().is_some_and(|a| a.iter().any(|v| v == "All"));
-    let prop = b["propagationPolicy"].as_str().map(String::from).or_else(|| q.get("propagationPolicy").map(String::from));
-    if let Some(p) = &prop {
-        if !matches!(p.as_str(), "Orphan" | "Background" | "Foreground") {
-            return Err(ApiError::bad_request(format!("propagationPolicy: Unsupported value: {p:?}: supported values: \"Foreground\", \"Background\", \"Orphan\"")));
-        }
+    let dry = q.dry_run()?
+        || b["dryRun"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|v| v == "All"));
+    let prop = b["propagationPolicy"]
+        .as_str()
+        .map(String::from)
+        .or_else(|| q.get("propagationPolicy").map(String::from));
+    if let Some(p) = &prop
+        && !matches!(p.as_str(), "Orphan" | "Background" | "Foreground")
+    {
+        return Err(ApiError::bad_request(format!(
+            "propagationPolicy: Unsupported value: {p:?}: supported values: \"Foreground\", \"Background\", \"Orphan\""
+        )));
     }
     Ok(DeleteOptions {
-        grace: b["gracePeriodSeconds"].as_i64().or(q.int("gracePeriodSeconds")?),
+        grace: b["gracePeriodSeconds"]
+            .as_i64()
+            .or(q.int("gracePeriodSeconds")?),
         propagation: prop,
         uid: b["preconditions"]["uid"].as_str().map(String::from),
-        rv: b["preconditions"]["resourceVersion"].as_str().map(String::from),
+        rv: b["preconditions"]["resourceVersion"]
+            .as_str()
+            .map(String::from),
         dry_run: dry,
     })
 }
 
-pub(crate) async fn delete(server: &ApiServer, rp: &ResourcePath, q: &Query, body: bytes::Bytes) -> Result<http::Response<Body>, ApiError> {
+pub(crate) async fn delete(
+    server: &ApiServer,
+    rp: &ResourcePath,
+    q: &Query,
+    body: bytes::Bytes,
+) -> Result<http::Response<Body>, ApiError> {
     let info = rp.info();
     let opts = delete_options(q, &body)?;
     let name = rp.name.clone().unwrap_or_default();
@@ -432,39 +626,78 @@ pub(crate) async fn delete(server: &ApiServer, rp: &ResourcePath, q: &Query, bod
     Ok(response::json(code, &obj))
 }
 
-async fn delete_one(server: &ApiServer, info: &'static ResourceInfo, ns: Option<&str>, name: &str, opts: &DeleteOptions) -> Result<(Value, u16), ApiError> {
-    if info.kind == "Namespace" && info.group.is_empty() && matches!(name, "default" | "kube-system" | "kube-public") {
-        return Err(ApiError::forbidden(format!("namespaces {name:?} is forbidden: this namespace may not be deleted")));
+async fn delete_one(
+    server: &ApiServer,
+    info: &'static ResourceInfo,
+    ns: Option<&str>,
+    name: &str,
+    opts: &DeleteOptions,
+) -> Result<(Value, u16), ApiError> {
+    if info.kind == "Namespace"
+        && info.group.is_empty()
+        && matches!(name, "default" | "kube-system" | "kube-public")
+    {
+        return Err(ApiError::forbidden(format!(
+            "namespaces {name:?} is forbidden: this namespace may not be deleted"
+        )));
     }
     let key = info.store_key(ns, name);
     for _ in 0..MAX_RETRIES {
-        let cur = server.store.get(&key).await.map_err(store_error(info, name))?.ok_or_else(|| ApiError::not_found(info, name))?;
+        let cur = server
+            .store
+            .get(&key)
+            .await
+            .map_err(store_error(info, name))?
+            .ok_or_else(|| ApiError::not_found(info, name))?;
         let obj = parse_stored(&cur)?;
         if let Some(uid) = &opts.uid {
             let actual = object::meta_str(&obj, "uid").unwrap_or_default();
             if uid != actual {
-                return Err(ApiError::conflict_msg(info, name, &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {actual}")));
+                return Err(ApiError::conflict_msg(
+                    info,
+                    name,
+                    &format!(
+                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {actual}"
+                    ),
+                ));
             }
         }
-        if let Some(rv) = &opts.rv {
-            if *rv != cur.mod_revision.to_string() {
-                return Err(ApiError::conflict_msg(info, name, &format!("Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}", cur.mod_revision)));
-            }
+        if let Some(rv) = &opts.rv
+            && *rv != cur.mod_revision.to_string()
+        {
+            return Err(ApiError::conflict_msg(
+                info,
+                name,
+                &format!(
+                    "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
+                    cur.mod_revision
+                ),
+            ));
         }
         let mut finalizers = object::finalizers(&obj);
         match opts.propagation.as_deref() {
-            Some("Orphan") if !finalizers.iter().any(|f| f == "orphan") => finalizers.push("orphan".into()),
-            Some("Foreground") if !finalizers.iter().any(|f| f == "foregroundDeletion") => finalizers.push("foregroundDeletion".into()),
+            Some("Orphan") if !finalizers.iter().any(|f| f == "orphan") => {
+                finalizers.push("orphan".into())
+            }
+            Some("Foreground") if !finalizers.iter().any(|f| f == "foregroundDeletion") => {
+                finalizers.push("foregroundDeletion".into())
+            }
             _ => {}
         }
         let graceful_pod = info.kind == "Pod"
             && info.group.is_empty()
-            && obj["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty())
-            && obj["status"]["phase"].as_str().is_none_or(|p| p != "Succeeded" && p != "Failed")
+            && obj["spec"]["nodeName"]
+                .as_str()
+                .is_some_and(|n| !n.is_empty())
+            && obj["status"]["phase"]
+                .as_str()
+                .is_none_or(|p| p != "Succeeded" && p != "Failed")
             && opts.grace.unwrap_or(1) != 0;
         let is_namespace = info.kind == "Namespace" && info.group.is_empty();
         let already = object::meta_str(&obj, "deletionTimestamp").is_some();
-        let keep = !finalizers.is_empty() || graceful_pod || (is_namespace && ns_has_spec_finalizers(&obj));
+        let keep = !finalizers.is_empty()
+            || graceful_pod
+            || (is_namespace && ns_has_spec_finalizers(&obj));
         if !keep {
             if opts.dry_run {
                 return Ok((obj, 200));
@@ -482,12 +715,21 @@ async fn delete_one(server: &ApiServer, info: &'static ResourceInfo, ns: Option<
             return Ok((obj, 202));
         }
         let mut upd = obj.clone();
-        let grace = if graceful_pod { opts.grace.or_else(|| obj["spec"]["terminationGracePeriodSeconds"].as_i64()).unwrap_or(30) } else { 0 };
+        let grace = if graceful_pod {
+            opts.grace
+                .or_else(|| obj["spec"]["terminationGracePeriodSeconds"].as_i64())
+                .unwrap_or(30)
+        } else {
+            0
+        };
         {
             let m = meta_mut(&mut upd);
             if !already {
                 let ts = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(grace);
-                m.insert("deletionTimestamp".into(), json!(ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()));
+                m.insert(
+                    "deletionTimestamp".into(),
+                    json!(ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()),
+                );
                 m.insert("deletionGracePeriodSeconds".into(), json!(grace));
             }
             if !finalizers.is_empty() {
@@ -500,7 +742,11 @@ async fn delete_one(server: &ApiServer, info: &'static ResourceInfo, ns: Option<
         if opts.dry_run {
             return Ok((upd, 200));
         }
-        match server.store.update(&key, to_store_bytes(&upd)?, cur.mod_revision).await {
+        match server
+            .store
+            .update(&key, to_store_bytes(&upd)?, cur.mod_revision)
+            .await
+        {
             Ok(rev) => return Ok((with_rv(upd, rev), 200)),
             Err(StoreError::Conflict { .. }) => continue,
             Err(e) => return Err(store_error(info, name)(e)),
@@ -510,7 +756,9 @@ async fn delete_one(server: &ApiServer, info: &'static ResourceInfo, ns: Option<
 }
 
 fn ns_has_spec_finalizers(ns: &Value) -> bool {
-    ns["spec"]["finalizers"].as_array().is_some_and(|a| !a.is_empty())
+    ns["spec"]["finalizers"]
+        .as_array()
+        .is_some_and(|a| !a.is_empty())
 }
 
 fn after_delete(server: &ApiServer, info: &ResourceInfo, obj: &Value) {
@@ -520,7 +768,14 @@ fn after_delete(server: &ApiServer, info: &ResourceInfo, obj: &Value) {
 }
 
 /// An update left the object with a deletionTimestamp and no finalizers: remove it.
-async fn finish_delete(server: &ApiServer, info: &'static ResourceInfo, key: &str, name: &str, obj: &Value, rev: i64) -> Result<Value, ApiError> {
+async fn finish_delete(
+    server: &ApiServer,
+    info: &'static ResourceInfo,
+    key: &str,
+    name: &str,
+    obj: &Value,
+    rev: i64,
+) -> Result<Value, ApiError> {
     if info.kind == "Namespace" && info.group.is_empty() && ns_has_spec_finalizers(obj) {
         return Ok(obj.clone());
     }
@@ -534,12 +789,19 @@ async fn finish_delete(server: &ApiServer, info: &'static ResourceInfo, key: &st
     }
 }
 
-pub(crate) async fn delete_collection(server: &ApiServer, rp: &ResourcePath, q: &Query, body: bytes::Bytes) -> Result<http::Response<Body>, ApiError> {
+pub(crate) async fn delete_collection(
+    server: &ApiServer,
+    rp: &ResourcePath,
+    q: &Query,
+    body: bytes::Bytes,
+) -> Result<http::Response<Body>, ApiError> {
     let info = rp.info();
     let opts = delete_options(q, &body)?;
     let filter = super::read::Filter::from_query(info, q)?;
     super::read::consistent(server).await?;
-    let (items, _) = server.cache.list(rp.resource, rp.namespace.as_deref(), None);
+    let (items, _) = server
+        .cache
+        .list(rp.resource, rp.namespace.as_deref(), None);
     let mut deleted = Vec::new();
     for o in items.iter().filter(|o| filter.matches(o)) {
         match delete_one(server, info, o.namespace.as_deref(), &o.name, &opts).await {
@@ -549,16 +811,29 @@ pub(crate) async fn delete_collection(server: &ApiServer, rp: &ResourcePath, q: 
         }
     }
     let rev = server.cache.revision();
-    Ok(response::json(200, &json!({"kind": info.list_kind(), "apiVersion": info.api_version(), "metadata": {"resourceVersion": rev.to_string()}, "items": deleted})))
+    Ok(response::json(
+        200,
+        &json!({"kind": info.list_kind(), "apiVersion": info.api_version(), "metadata": {"resourceVersion": rev.to_string()}, "items": deleted}),
+    ))
 }
 
 /// Finalize a namespace: remove `spec.finalizers` entry "kubernetes" (used by the namespace
 /// deleter once the namespace is empty) and delete it.
 pub(crate) async fn finalize_namespace(server: &ApiServer, name: &str) -> Result<(), ApiError> {
-    let info = &RESOURCES[RESOURCES.iter().position(|r| r.group.is_empty() && r.plural == "namespaces").expect("namespaces served")];
+    let info = &RESOURCES[RESOURCES
+        .iter()
+        .position(|r| r.group.is_empty() && r.plural == "namespaces")
+        .expect("namespaces served")];
     let key = info.store_key(None, name);
     for _ in 0..MAX_RETRIES {
-        let Some(cur) = server.store.get(&key).await.map_err(store_error(info, name))? else { return Ok(()) };
+        let Some(cur) = server
+            .store
+            .get(&key)
+            .await
+            .map_err(store_error(info, name))?
+        else {
+            return Ok(());
+        };
         let mut obj = parse_stored(&cur)?;
         obj["spec"]["finalizers"] = json!([]);
         if object::finalizers(&obj).is_empty() {
@@ -568,7 +843,11 @@ pub(crate) async fn finalize_namespace(server: &ApiServer, name: &str) -> Result
                 Err(e) => return Err(store_error(info, name)(e)),
             }
         }
-        match server.store.update(&key, to_store_bytes(&obj)?, cur.mod_revision).await {
+        match server
+            .store
+            .update(&key, to_store_bytes(&obj)?, cur.mod_revision)
+            .await
+        {
             Ok(_) => return Ok(()),
             Err(StoreError::Conflict { .. }) => continue,
             Err(e) => return Err(store_error(info, name)(e)),
@@ -578,7 +857,20 @@ pub(crate) async fn finalize_namespace(server: &ApiServer, name: &str) -> Result
 }
 
 /// Delete with default options on behalf of the server (namespace cleanup).
-pub(crate) async fn delete_internal(server: &ApiServer, info: &'static ResourceInfo, ns: Option<&str>, name: &str) -> Result<Value, ApiError> {
-    let opts = DeleteOptions { grace: None, propagation: None, uid: None, rv: None, dry_run: false };
-    delete_one(server, info, ns, name, &opts).await.map(|(v, _)| v)
+pub(crate) async fn delete_internal(
+    server: &ApiServer,
+    info: &'static ResourceInfo,
+    ns: Option<&str>,
+    name: &str,
+) -> Result<Value, ApiError> {
+    let opts = DeleteOptions {
+        grace: None,
+        propagation: None,
+        uid: None,
+        rv: None,
+        dry_run: false,
+    };
+    delete_one(server, info, ns, name, &opts)
+        .await
+        .map(|(v, _)| v)
 }
