@@ -169,15 +169,7 @@ impl WatchCache {
                 .list("/registry/", start_after.as_deref(), 5000, Some(rev))
                 .await?;
             for kv in &page.items {
-                if let Some((idx, ns, name)) = parse_key(&by_storage_prefix, &kv.key) {
-                    let o = cached_object(
-                        &RESOURCES[idx],
-                        &kv.key,
-                        ns,
-                        name,
-                        &kv.value,
-                        kv.mod_revision,
-                    )?;
+                if let Some((idx, o)) = decode_kv(&by_storage_prefix, kv)? {
                     objects[idx].insert(kv.key.clone(), Arc::new(o));
                 }
             }
@@ -390,18 +382,26 @@ impl WatchCache {
     }
 }
 
+/// A stored key-value as a cached object of its resource (None for keys of no served resource).
+fn decode_kv(
+    map: &HashMap<String, usize>,
+    kv: &KeyValue,
+) -> Result<Option<(usize, CachedObject)>, CacheError> {
+    let Some((idx, ns, name)) = parse_key(map, &kv.key) else {
+        return Ok(None);
+    };
+    let o = cached_object(
+        &RESOURCES[idx],
+        &kv.key,
+        ns,
+        name,
+        &kv.value,
+        kv.mod_revision,
+    )?;
+    Ok(Some((idx, o)))
+}
+
 /// Convert a stored key-value to a cached object (for exact-revision lists from the store).
 pub fn from_kv(cache: &WatchCache, kv: &KeyValue) -> Result<Option<CachedObject>, CacheError> {
-    match cache.resolve_key(&kv.key) {
-        Some((idx, ns, name)) => cached_object(
-            &RESOURCES[idx],
-            &kv.key,
-            ns,
-            name,
-            &kv.value,
-            kv.mod_revision,
-        )
-        .map(Some),
-        None => Ok(None),
-    }
+    Ok(decode_kv(&cache.by_storage_prefix, kv)?.map(|(_, o)| o))
 }

@@ -125,6 +125,20 @@ fn decode_checked(
     Ok((normalized, warnings))
 }
 
+/// The written object in the negotiated rendering, with field-validation warnings.
+fn respond(
+    info: &ResourceInfo,
+    obj: &Value,
+    headers: &http::HeaderMap,
+    q: &Query,
+    code: u16,
+    warnings: &[String],
+) -> Result<http::Response<Body>, ApiError> {
+    let json = serde_json::to_vec(obj).map_err(|e| ApiError::internal(e.to_string()))?;
+    let r = super::read::render_one(info, json.into(), super::read::rendering(headers)?, q, code)?;
+    Ok(response::with_warnings(r, warnings))
+}
+
 /// Serialize for the store: the object without resourceVersion.
 fn to_store_bytes(obj: &Value) -> Result<Vec<u8>, ApiError> {
     let mut o = obj.clone();
@@ -194,14 +208,7 @@ pub(crate) async fn create(
     check_namespace(info, rp, &mut obj)?;
     let (obj, warnings) = decode_checked(info, &obj, opts.field_validation)?;
     let created = create_object(server, info, obj, &opts).await?;
-    let r = super::read::render_one(
-        info,
-        serde_json::to_vec(&created).unwrap_or_default().into(),
-        super::read::rendering(headers)?,
-        q,
-        201,
-    )?;
-    Ok(response::with_warnings(r, &warnings))
+    respond(info, &created, headers, q, 201, &warnings)
 }
 
 /// The create path shared by POST and server-side apply of a new object.
@@ -273,14 +280,6 @@ pub(crate) async fn create_object(
     }
 }
 
-/// Outcome of preparing an update against the current stored object.
-pub(crate) enum Prepared {
-    /// Write this object with compare-and-swap on `expected`.
-    Write { obj: Value, expected: i64 },
-    /// Nothing changed: answer with the current object.
-    Unchanged(Value),
-}
-
 /// Run a read-modify-write: `mutate(old)` gives the desired object; retried on conflicts
 /// unless the client pinned a resourceVersion.
 async fn update_loop<F>(
@@ -338,18 +337,11 @@ where
         } else {
             None
         };
-        let prepared = if strip_rv(&new) == strip_rv(&old) {
-            Prepared::Unchanged(old.clone())
-        } else {
-            Prepared::Write {
-                obj: new,
-                expected: cur.mod_revision,
-            }
-        };
-        let (mut obj, expected) = match prepared {
-            Prepared::Unchanged(o) => return Ok((o, 200)),
-            Prepared::Write { obj, expected } => (obj, expected),
-        };
+        if strip_rv(&new) == strip_rv(&old) {
+            // Nothing changed: no write, the resourceVersion stays.
+            return Ok((old, 200));
+        }
+        let (mut obj, expected) = (new, cur.mod_revision);
         if !opts.manager.is_empty() && !is_apply_result(&obj, &old) {
             apply::track_update(
                 info,
@@ -467,14 +459,7 @@ pub(crate) async fn update_with(
         }),
     })
     .await?;
-    let r = super::read::render_one(
-        info,
-        serde_json::to_vec(&out).unwrap_or_default().into(),
-        super::read::rendering(headers)?,
-        q,
-        code,
-    )?;
-    Ok(response::with_warnings(r, &warnings))
+    respond(info, &out, headers, q, code, &warnings)
 }
 
 pub(crate) async fn patch(
@@ -559,14 +544,7 @@ pub(crate) async fn patch_with(
         Ok(Mutation::Update { obj, pinned })
     })
     .await?;
-    let r = super::read::render_one(
-        info,
-        serde_json::to_vec(&out).unwrap_or_default().into(),
-        super::read::rendering(headers)?,
-        q,
-        code,
-    )?;
-    Ok(response::with_warnings(r, &warnings))
+    respond(info, &out, headers, q, code, &warnings)
 }
 
 /// DeleteOptions from the body (if any) and the query string.
