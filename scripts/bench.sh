@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# API benchmark of issue 2: builds the release binaries, runs capstan-bench (which starts its own
-# `capstan server --disable-agent` and an etcd peer on loopback, each with a temp data dir), prints
-# a markdown table and rewrites the generated block of docs/benchmarks.md.
-# usage: scripts/bench.sh [capstan-bench flags, e.g. --cell-seconds 1]
+# API benchmark of issues 2 and 3: builds the release binaries, runs capstan-bench (which starts its
+# own `capstan server --disable-agent` on SQLite, a raw etcd peer, and a second `capstan server` on
+# its own etcd, all on loopback with temp data dirs, measuring one at a time), prints markdown tables
+# and rewrites the generated block of docs/benchmarks.md.
+# usage: scripts/bench.sh [capstan-bench flags, e.g. --cell-seconds 1, --skip-backends,
+#                          --output FILE instead of docs/benchmarks.md)]
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
@@ -15,7 +17,9 @@ main() {
     (cd "$REPO_ROOT" && cargo build --release --quiet -p capstan -p capstan-bench)
     local revision
     revision="$(git -C "$REPO_ROOT" describe --always --dirty 2>/dev/null || echo unknown)"
-    log "running the benchmark (about 3 minutes)"
+    local minutes=5
+    case " $* " in *" --skip-backends "*) minutes=3 ;; esac
+    log "running the benchmark (about $minutes minutes)"
     "$target/release/capstan-bench" \
         --capstan "$target/release/capstan" \
         --etcd /usr/bin/etcd \

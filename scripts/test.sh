@@ -27,6 +27,13 @@ main() {
     local start=$SECONDS
     # --no-fail-fast: one run reports every failing test binary, not just the first.
     cargo test --workspace --no-fail-fast "$@" </dev/null
+    if [ "$#" -eq 0 ]; then
+        # The foundation's kubectl end-to-end tests once more, every server on its own etcd
+        # (issue 3: same tests, parameterised by the store backend). Same build, no rebuild.
+        log "end-to-end kubectl tests on the etcd store backend"
+        CAPSTAN_E2E_DATASTORE=etcd cargo test -p capstan --test e2e --no-fail-fast -- \
+            kubectl_workflow:: bad_input:: restart:: </dev/null
+    fi
     log "test suite passed in $((SECONDS - start))s"
 }
 

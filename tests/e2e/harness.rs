@@ -13,6 +13,7 @@ use std::sync::mpsc::{self, Receiver};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use capstan_store::etcd::testing::EtcdCluster;
 use tempfile::TempDir;
 
 /// How long a server may take from spawn to `/readyz` answering "ok".
@@ -129,6 +130,33 @@ impl std::fmt::Display for Out {
     }
 }
 
+/// Which store the servers of this test run use: `CAPSTAN_E2E_DATASTORE=etcd` runs every
+/// end-to-end test on a fresh one-member etcd per server instead of the embedded SQLite store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Datastore {
+    Sqlite,
+    Etcd,
+}
+
+impl Datastore {
+    pub fn from_env() -> Datastore {
+        match std::env::var("CAPSTAN_E2E_DATASTORE").as_deref() {
+            Ok("etcd") => Datastore::Etcd,
+            Ok("sqlite") | Err(_) => Datastore::Sqlite,
+            Ok(other) => panic!("CAPSTAN_E2E_DATASTORE={other:?}: expected sqlite or etcd"),
+        }
+    }
+}
+
+/// How to start a [`Server`] beyond the defaults.
+#[derive(Clone, Debug, Default)]
+pub struct ServerOptions {
+    /// `--datastore-endpoint`; None = the run's [`Datastore`] (own SQLite file or own etcd).
+    pub datastore_endpoint: Option<String>,
+    /// More flags for `capstan server`.
+    pub extra_args: Vec<String>,
+}
+
 /// A `capstan server --disable-agent` child process with its own data dir and port.
 pub struct Server {
     child: Option<Child>,
@@ -137,11 +165,35 @@ pub struct Server {
     /// Scratch space for kubectl's HOME, fixtures written by tests and the server log.
     scratch: TempDir,
     starts: u32,
+    args: Vec<String>,
+    /// The server's own etcd when the run uses [`Datastore::Etcd`]; dropped after the server.
+    _etcd: Option<EtcdCluster>,
 }
 
 impl Server {
     /// Starts a server on a fresh data dir and a free port and waits until it is ready.
     pub fn start() -> Server {
+        Server::start_with(ServerOptions::default())
+    }
+
+    /// Starts a server with `options` and waits until it is ready.
+    pub fn start_with(options: ServerOptions) -> Server {
+        let mut etcd = None;
+        let mut args = options.extra_args;
+        let endpoint = match options.datastore_endpoint {
+            Some(e) => Some(e),
+            None if Datastore::from_env() == Datastore::Etcd => {
+                let cluster =
+                    EtcdCluster::start(1).expect("start a one-member etcd for the server");
+                let endpoint = etcd_endpoint(&cluster);
+                etcd = Some(cluster);
+                Some(endpoint)
+            }
+            None => None,
+        };
+        if let Some(e) = endpoint {
+            args.extend(["--datastore-endpoint".to_string(), e]);
+        }
         let data_dir = tempfile::Builder::new()
             .prefix("capstan-e2e-data-")
             .tempdir()
@@ -157,9 +209,16 @@ impl Server {
             data_dir,
             scratch,
             starts: 0,
+            args,
+            _etcd: etcd,
         };
         server.spawn_and_wait();
         server
+    }
+
+    /// The URL of the HTTPS API.
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -219,6 +278,11 @@ impl Server {
         cmd
     }
 
+    /// The server's whole log so far (all starts).
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
     /// The last `lines` lines of the server's log (stderr), for failure messages.
     pub fn log_tail(&self, lines: usize) -> String {
         let text = fs::read_to_string(self.log_path()).unwrap_or_default();
@@ -244,6 +308,7 @@ impl Server {
             .arg(self.data_dir())
             .args(["--https-port", &self.port.to_string()])
             .args(["--bind-address", "127.0.0.1", "--disable-agent"])
+            .args(&self.args)
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
@@ -311,8 +376,18 @@ impl Drop for Server {
     }
 }
 
+/// `etcd://host:port,...` for `--datastore-endpoint`.
+pub fn etcd_endpoint(cluster: &EtcdCluster) -> String {
+    let hosts: Vec<String> = cluster
+        .endpoints()
+        .iter()
+        .map(|e| e.trim_start_matches("http://").to_string())
+        .collect();
+    format!("etcd://{}", hosts.join(","))
+}
+
 /// A free loopback port: bind port 0, read it, release it.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free loopback port");
     listener.local_addr().expect("local addr").port()
 }
@@ -444,4 +519,12 @@ pub fn fixture_path(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../tests/e2e/fixtures")
         .join(name)
+}
+
+impl Server {
+    /// Adds flags for the next (re)start; a flag given again overrides its earlier value
+    /// (e.g. a new `--datastore-endpoint` after the store moved).
+    pub fn add_args(&mut self, args: &[&str]) {
+        self.args.extend(args.iter().map(|a| a.to_string()));
+    }
 }

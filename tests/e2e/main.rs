@@ -2,7 +2,11 @@
 //! stock kubectl binaries drive it. See harness.rs for the process handling.
 
 mod bad_input;
+mod ha;
 mod harness;
+mod images;
 mod kubectl_workflow;
 mod restart;
+mod runtime;
+mod snapshot;
 mod util;

@@ -7,6 +7,13 @@ pub fn base64(plain: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(plain)
 }
 
+/// Decodes standard base64 (kubeconfig `*-data` fields); panics on invalid input.
+pub fn base64_decode(text: &str) -> Vec<u8> {
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .unwrap_or_else(|e| panic!("invalid base64 {text:?}: {e}"))
+}
+
 /// Collapses every run of whitespace into one space (kubectl aligns columns with spaces).
 pub fn squash(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")

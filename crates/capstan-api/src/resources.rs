@@ -10,6 +10,8 @@ pub enum Subresource {
     Scale,
     /// `pods/binding`: assigns a pod to a node.
     Binding,
+    /// `namespaces/finalize`: replaces `spec.finalizers` (the namespace controller's exit).
+    Finalize,
 }
 
 impl Subresource {
@@ -18,6 +20,7 @@ impl Subresource {
             Subresource::Status => "status",
             Subresource::Scale => "scale",
             Subresource::Binding => "binding",
+            Subresource::Finalize => "finalize",
         }
     }
 }
@@ -128,7 +131,7 @@ macro_rules! res {
 /// Every resource served, in discovery order.
 #[rustfmt::skip]
 pub static RESOURCES: &[ResourceInfo] = &[
-    res!("", "v1", "Namespace", "namespaces", "namespace", false, &["ns"], &[], NO_DC, ST),
+    res!("", "v1", "Namespace", "namespaces", "namespace", false, &["ns"], &[], NO_DC, &[Subresource::Finalize, Subresource::Status]),
     res!("", "v1", "Pod", "pods", "pod", true, &["po"], ALL, RW, &[Subresource::Status, Subresource::Binding]),
     res!("", "v1", "Node", "nodes", "node", false, &["no"], &[], RW, ST),
     res!("", "v1", "Service", "services", "service", true, &["svc"], ALL, RW, ST),

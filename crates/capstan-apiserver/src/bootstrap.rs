@@ -1,11 +1,14 @@
 //! Objects and loops the API server owns: the initial namespaces, the `kubernetes` Service and
-//! its Endpoints, periodic store compaction, and namespace finalization.
+//! its Endpoints (kept by the "lease" endpoint reconciler so they list every live API server),
+//! and periodic store compaction.
 
 use crate::handlers;
 use crate::server::ApiServer;
 use capstan_api::ApiError;
 use capstan_api::resources::find;
+use capstan_store::StoreError;
 use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,8 +16,13 @@ use tokio::sync::watch;
 
 /// How often the store's history is compacted, keeping one interval of history.
 const COMPACTION_INTERVAL: Duration = Duration::from_secs(300);
-/// How often namespaces being deleted are checked for remaining content.
-const NAMESPACE_SWEEP: Duration = Duration::from_millis(500);
+/// Prefix of the API servers' master leases (upstream's `/registry/masterleases/`), kept
+/// outside `/registry/` so they are never served as API resources.
+pub const MASTER_LEASES_PREFIX: &str = "/capstan/masterleases/";
+/// A master lease not renewed for this long is expired (upstream's 15 s).
+pub const MASTER_LEASE_TTL: Duration = Duration::from_secs(15);
+/// How often each server renews its lease and rewrites the Endpoints.
+pub const ENDPOINT_RECONCILE_INTERVAL: Duration = Duration::from_secs(5);
 
 async fn ensure(
     server: &ApiServer,
@@ -44,8 +52,12 @@ async fn ensure(
     }
 }
 
-/// Create what a fresh cluster has: four namespaces and the `kubernetes` Service.
-pub async fn ensure_initial_objects(server: &ApiServer, addr: SocketAddr) -> Result<(), ApiError> {
+/// Create what a fresh cluster has: four namespaces and the `kubernetes` Service, and list this
+/// server in its Endpoints; returns the reconciler that keeps them current.
+pub async fn ensure_initial_objects(
+    server: &Arc<ApiServer>,
+    addr: SocketAddr,
+) -> Result<EndpointReconciler, ApiError> {
     for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
         ensure(server, "namespaces", None, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": {"kubernetes.io/metadata.name": ns}}})).await?;
     }
@@ -57,17 +69,13 @@ pub async fn ensure_initial_objects(server: &ApiServer, addr: SocketAddr) -> Res
         "spec": {"type": "ClusterIP", "clusterIP": ip.to_string(), "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": addr.port()}], "sessionAffinity": "None"},
     });
     ensure(server, "services", Some("default"), svc).await?;
-    let host = if addr.ip().is_unspecified() {
-        "127.0.0.1".to_string()
-    } else {
-        addr.ip().to_string()
-    };
-    let ep = json!({
-        "apiVersion": "v1", "kind": "Endpoints",
-        "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
-        "subsets": [{"addresses": [{"ip": host}], "ports": [{"name": "https", "port": addr.port(), "protocol": "TCP"}]}],
-    });
-    ensure(server, "endpoints", Some("default"), ep).await
+    let reconciler = EndpointReconciler::new(server.clone(), addr);
+    reconciler
+        .renew()
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    reconciler.reconcile().await?;
+    Ok(reconciler)
 }
 
 /// Compact the store every interval to the revision seen one interval earlier.
@@ -88,18 +96,181 @@ pub async fn compaction_loop(server: Arc<ApiServer>, mut shutdown: watch::Receiv
     }
 }
 
-/// Delete the content of namespaces marked for deletion, then the namespaces themselves
-/// (the `kubernetes` finalizer's work).
-pub async fn namespace_finalizer_loop(server: Arc<ApiServer>, mut shutdown: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(NAMESPACE_SWEEP);
-    loop {
-        tokio::select! {
-            _ = shutdown.changed() => break,
-            _ = tick.tick() => {
-                if let Err(e) = handlers::sweep_terminating_namespaces(&server).await {
-                    tracing::warn!(error = %e, "namespace cleanup failed");
-                }
-            }
+/// One API server's record: the address it serves on and when it last renewed.
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+struct MasterLease {
+    ip: String,
+    port: u16,
+    /// Unix milliseconds of the last renewal.
+    renew_time: i64,
+}
+
+/// The `kubernetes` Endpoints as every live API server sees them: its own master lease renewed
+/// periodically, and the Endpoints rewritten from all unexpired leases (upstream's "lease"
+/// endpoint reconciler), so they list every server and never flip between them.
+pub struct EndpointReconciler {
+    server: Arc<ApiServer>,
+    ip: String,
+    port: u16,
+    key: String,
+}
+
+fn endpoints_host(addr: SocketAddr) -> String {
+    if addr.ip().is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        addr.ip().to_string()
+    }
+}
+
+impl EndpointReconciler {
+    pub fn new(server: Arc<ApiServer>, addr: SocketAddr) -> Self {
+        let ip = endpoints_host(addr);
+        let key = format!("{MASTER_LEASES_PREFIX}{ip}:{}", addr.port());
+        EndpointReconciler {
+            server,
+            ip,
+            port: addr.port(),
+            key,
         }
     }
+
+    /// Write this server's lease with the current time.
+    pub async fn renew(&self) -> Result<(), StoreError> {
+        let lease = MasterLease {
+            ip: self.ip.clone(),
+            port: self.port,
+            renew_time: jiff::Timestamp::now().as_millisecond(),
+        };
+        let value = serde_json::to_vec(&lease).unwrap_or_default();
+        let store = &self.server.store;
+        for _ in 0..5 {
+            let r = match store.get(&self.key).await? {
+                Some(kv) => {
+                    store
+                        .update(&self.key, value.clone(), kv.mod_revision)
+                        .await
+                }
+                None => store.create(&self.key, value.clone()).await,
+            };
+            match r {
+                Ok(_) => return Ok(()),
+                Err(StoreError::Conflict { .. })
+                | Err(StoreError::AlreadyExists(_))
+                | Err(StoreError::NotFound(_)) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Drop this server's lease (graceful shutdown) and rewrite the Endpoints without it.
+    pub async fn remove(&self) -> Result<(), ApiError> {
+        match self.server.store.delete(&self.key, None).await {
+            Ok(_) | Err(StoreError::NotFound(_)) => {}
+            Err(e) => return Err(ApiError::internal(e.to_string())),
+        }
+        self.reconcile().await
+    }
+
+    /// Unexpired leases as Endpoints subsets, one per port, addresses sorted; expired leases
+    /// are deleted on the way.
+    async fn live_subsets(&self) -> Result<Value, ApiError> {
+        let store = &self.server.store;
+        let internal = |e: StoreError| ApiError::internal(e.to_string());
+        let page = store
+            .list(MASTER_LEASES_PREFIX, None, 0, None)
+            .await
+            .map_err(internal)?;
+        let now = jiff::Timestamp::now().as_millisecond();
+        let ttl = MASTER_LEASE_TTL.as_millis() as i64;
+        let mut by_port: BTreeMap<u16, BTreeSet<String>> = BTreeMap::new();
+        for kv in page.items {
+            match serde_json::from_slice::<MasterLease>(&kv.value) {
+                Ok(l) if now - l.renew_time <= ttl => {
+                    by_port.entry(l.port).or_default().insert(l.ip);
+                }
+                _ => match store.delete(&kv.key, Some(kv.mod_revision)).await {
+                    Ok(_) | Err(StoreError::NotFound(_)) | Err(StoreError::Conflict { .. }) => {}
+                    Err(e) => return Err(internal(e)),
+                },
+            }
+        }
+        let subsets: Vec<Value> = by_port
+            .into_iter()
+            .map(|(port, ips)| {
+                let addresses: Vec<Value> = ips.into_iter().map(|ip| json!({"ip": ip})).collect();
+                json!({"addresses": addresses, "ports": [{"name": "https", "port": port, "protocol": "TCP"}]})
+            })
+            .collect();
+        Ok(Value::Array(subsets))
+    }
+
+    /// Rewrite `default/kubernetes` Endpoints from the live leases when they differ.
+    pub async fn reconcile(&self) -> Result<(), ApiError> {
+        let subsets = self.live_subsets().await?;
+        let info = find("", "v1", "endpoints").expect("core resource served");
+        let key = info.store_key(Some("default"), "kubernetes");
+        let store = &self.server.store;
+        let internal = |e: StoreError| ApiError::internal(e.to_string());
+        for _ in 0..5 {
+            let Some(kv) = store.get(&key).await.map_err(internal)? else {
+                let ep = kubernetes_endpoints(subsets.clone());
+                match handlers::create_internal(&self.server, info, ep).await {
+                    Err(e) if e.reason == "AlreadyExists" => continue,
+                    other => return other.map(|_| ()),
+                }
+            };
+            let mut ep: Value = serde_json::from_slice(&kv.value)
+                .map_err(|e| ApiError::internal(format!("stored Endpoints are corrupt: {e}")))?;
+            if ep["subsets"] == subsets {
+                return Ok(());
+            }
+            ep["subsets"] = subsets.clone();
+            let bytes = serde_json::to_vec(&ep).map_err(|e| ApiError::internal(e.to_string()))?;
+            match store.update(&key, bytes, kv.mod_revision).await {
+                Ok(_) => {
+                    tracing::info!(subsets = %subsets, "kubernetes endpoints updated");
+                    return Ok(());
+                }
+                Err(StoreError::Conflict { .. }) | Err(StoreError::NotFound(_)) => continue,
+                Err(e) => return Err(internal(e)),
+            }
+        }
+        Err(ApiError::internal(
+            "kubernetes endpoints kept changing during reconcile",
+        ))
+    }
+
+    async fn pass(&self) {
+        if let Err(e) = self.renew().await {
+            tracing::warn!(error = %e, "renewing the API server's master lease");
+        }
+        if let Err(e) = self.reconcile().await {
+            tracing::warn!(error = %e, "reconciling the kubernetes endpoints");
+        }
+    }
+
+    /// Renew and reconcile every interval; on shutdown drop this server from the Endpoints.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(ENDPOINT_RECONCILE_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                _ = tick.tick() => self.pass().await,
+            }
+        }
+        if let Err(e) = self.remove().await {
+            tracing::warn!(error = %e, "removing this API server from the kubernetes endpoints");
+        }
+    }
+}
+
+fn kubernetes_endpoints(subsets: Value) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Endpoints",
+        "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
+        "subsets": subsets,
+    })
 }

@@ -1,5 +1,7 @@
 //! The watch cache: the current objects of every resource plus a ring of recent events,
-//! fed by one store watch on `/registry/`. Lists and watches are served from here; only
+//! fed by one store watch on the whole keyspace (objects live under `/registry/`; other keys,
+//! such as API server leases and address reservations, only advance the cache's revision, so a
+//! consistent read never waits for a revision the cache will not see). Lists and watches are served from here; only
 //! exact-revision lists and watches older than the ring go to the store.
 
 use bytes::Bytes;
@@ -191,7 +193,7 @@ impl WatchCache {
             revision,
             by_storage_prefix,
         });
-        let mut rx = store.watch("/registry/", rev).await?;
+        let mut rx = store.watch("/", rev).await?;
         let c = cache.clone();
         let task = tokio::spawn(async move {
             loop {

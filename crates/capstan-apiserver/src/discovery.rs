@@ -105,6 +105,7 @@ fn subresource_entries(
                 vec!["get", "patch", "update"],
             ),
             Subresource::Binding => (*s, "Binding", "", "v1", vec!["create"]),
+            Subresource::Finalize => (*s, r.kind, r.group, r.version, vec!["update"]),
         })
         .collect()
 }

@@ -52,6 +52,7 @@ fn sub_of(s: &str) -> Option<Subresource> {
         "status" => Some(Subresource::Status),
         "scale" => Some(Subresource::Scale),
         "binding" => Some(Subresource::Binding),
+        "finalize" => Some(Subresource::Finalize),
         _ => None,
     }
 }
@@ -98,7 +99,6 @@ pub fn parse_path(path: &str) -> Target {
             .decode_utf8_lossy()
             .into_owned()
     };
-    let ns_idx = index_of("", "v1", "namespaces");
     let res = match rest {
         [] => return Target::GroupVersion(group.to_string(), version.to_string()),
         ["namespaces", ns, plural, tail @ ..]
@@ -153,12 +153,6 @@ pub fn parse_path(path: &str) -> Target {
                         namespace: None,
                         name: Some(decode(name)),
                         subresource: Some(s),
-                    },
-                    None if Some(idx) == ns_idx && *sub == "finalize" => ResourcePath {
-                        resource: idx,
-                        namespace: None,
-                        name: Some(decode(name)),
-                        subresource: Some(Subresource::Status),
                     },
                     None => return Target::NotFound,
                 },

@@ -58,7 +58,7 @@ pub struct ApiServer {
     pub store: Arc<dyn Store>,
     pub cache: Arc<WatchCache>,
     pub config: ServerConfig,
-    pub allocator: ServiceAllocator,
+    pub allocator: Arc<ServiceAllocator>,
     pub shutdown: watch::Receiver<bool>,
     /// Serialises read-check-write sequences that must not interleave (allocations, deletes).
     pub write_lock: tokio::sync::Mutex<()>,
@@ -126,7 +126,7 @@ pub async fn start(
     shutdown: watch::Receiver<bool>,
 ) -> Result<Running, ServeError> {
     let tls_dir = config.data_dir.join("tls");
-    let ca = ClusterCa::load_or_create(&tls_dir)?;
+    let ca = ClusterCa::shared(store.as_ref(), &tls_dir).await?;
     let tls = tls_config(&ca, &config)?;
     let addr = SocketAddr::new(config.bind_address, config.https_port);
     let listener = TcpListener::bind(addr)
@@ -150,8 +150,10 @@ pub async fn start(
     )?;
 
     let (cache, cache_task) = WatchCache::start(store.clone(), shutdown.clone()).await?;
-    let allocator = ServiceAllocator::new(&config.service_cidr, config.node_port_range)
-        .map_err(ServeError::Config)?;
+    let allocator = Arc::new(
+        ServiceAllocator::new(&config.service_cidr, config.node_port_range, store.clone())
+            .map_err(ServeError::Config)?,
+    );
     let server = Arc::new(ApiServer {
         store,
         cache,
@@ -160,8 +162,10 @@ pub async fn start(
         shutdown: shutdown.clone(),
         write_lock: tokio::sync::Mutex::new(()),
     });
-    server.allocator.repair(&server.cache);
-    crate::bootstrap::ensure_initial_objects(&server, addr)
+    if let Err(e) = server.allocator.repair(crate::allocator::LEAK_GRACE).await {
+        tracing::warn!(error = %e, "service allocation repair at start failed");
+    }
+    let endpoints = crate::bootstrap::ensure_initial_objects(&server, addr)
         .await
         .map_err(|e| ServeError::Bootstrap(e.message))?;
 
@@ -176,15 +180,22 @@ pub async fn start(
         server.clone(),
         shutdown.clone(),
     ));
-    let ns_task = tokio::spawn(crate::bootstrap::namespace_finalizer_loop(
-        server.clone(),
-        shutdown,
+    let repair_task = tokio::spawn(crate::allocator::repair_loop(
+        server.allocator.clone(),
+        shutdown.clone(),
     ));
+    let endpoints_task = tokio::spawn(endpoints.run(shutdown));
     tracing::info!(%addr, kubeconfig = %kubeconfig_path.display(), "API server listening");
     Ok(Running {
         addr,
         server,
-        tasks: vec![cache_task, accept_task, compact_task, ns_task],
+        tasks: vec![
+            cache_task,
+            accept_task,
+            compact_task,
+            repair_task,
+            endpoints_task,
+        ],
     })
 }
 

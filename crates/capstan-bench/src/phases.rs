@@ -1,5 +1,5 @@
 //! The benchmark's phases, in the order they run: 10,000 pods (list and memory), the
-//! create/get/list/watch matrix, and the rate-limited create run.
+//! create/get/list/watch matrix (in `matrix.rs`), and the rate-limited create run.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,10 +11,9 @@ use serde_json::Value;
 use crate::client::{collection, create_namespace, expect};
 use crate::ops::{Kube, Kv, LIST_SET, create_ns, list_ns};
 use crate::payload::Kind;
-use crate::procs::{Proc, Rss};
+use crate::procs::{EtcdBacked, Proc, Rss};
 use crate::runner::{self, Limits, OpenLoop, closed_loop};
 use crate::stats::Summary;
-use crate::watch;
 
 /// Client counts of the matrix.
 pub const CONCURRENCY: [usize; 3] = [1, 16, 64];
@@ -30,21 +29,28 @@ pub const RATE: u32 = 1_000;
 pub const RATE_TIME: Duration = Duration::from_secs(10);
 const RATE_CLIENTS: usize = 16;
 
-/// Everything the phases talk to.
-pub struct Targets {
+/// One Capstan server as a client sees it.
+pub struct Api {
     pub kube: Kube,
-    pub kv: Kv,
     /// A connection of its own for the watch writer and set-up requests.
     pub spare: Client,
 }
 
-/// One line of the matrix.
-pub struct MatrixRow {
-    pub kind: Kind,
-    pub op: &'static str,
-    pub clients: usize,
-    pub capstan: Summary,
-    pub etcd: Option<Summary>,
+/// Everything the phases talk to.
+pub struct Targets {
+    /// Capstan on its embedded SQLite store.
+    pub capstan: Api,
+    /// The raw etcd peer.
+    pub kv: Kv,
+    /// Capstan on its own etcd; absent with `--skip-backends`.
+    pub capstan_etcd: Option<Api>,
+}
+
+impl Targets {
+    /// Every Capstan server of the run.
+    fn apis(&self) -> impl Iterator<Item = &Api> {
+        std::iter::once(&self.capstan).chain(self.capstan_etcd.as_ref())
+    }
 }
 
 /// The 10,000-pod phase.
@@ -64,10 +70,19 @@ pub struct BigList {
     pub rss_after_table: Rss,
 }
 
+/// The 10,000-pod phase on the etcd-backed Capstan: creates and JSON lists only.
+pub struct BackendBigList {
+    pub create: Summary,
+    pub json: Summary,
+    pub json_bytes: usize,
+    /// (server, its etcd) right after the creates.
+    pub rss: (Rss, Rss),
+}
+
 /// Anything odd seen while measuring, printed under the tables.
 pub type Notes = Vec<String>;
 
-fn note_errors(notes: &mut Notes, what: &str, s: &Summary) {
+pub fn note_errors(notes: &mut Notes, what: &str, s: &Summary) {
     if s.errors > 0 {
         notes.push(format!(
             "{what}: {} errors; first: {}",
@@ -77,20 +92,30 @@ fn note_errors(notes: &mut Notes, what: &str, s: &Summary) {
     }
 }
 
+/// The namespaces every phase writes into, on every Capstan server.
 pub async fn create_namespaces(t: &Targets) -> anyhow::Result<()> {
     let mut names = vec![BIG_NS.to_string(), "rate".to_string()];
     for kind in Kind::ALL {
         names.extend([list_ns(kind), create_ns(kind)]);
         names.extend(CONCURRENCY.map(|c| watch_ns(kind, c)));
     }
-    for name in names {
-        create_namespace(&t.spare, &t.kube.server, &name).await?;
+    for api in t.apis() {
+        for name in &names {
+            create_namespace(&api.spare, &api.kube.server, name).await?;
+        }
     }
     Ok(())
 }
 
-fn watch_ns(kind: Kind, clients: usize) -> String {
+pub fn watch_ns(kind: Kind, clients: usize) -> String {
     format!("watch-{}-{clients}", kind.plural())
+}
+
+fn big_limits() -> Limits {
+    Limits {
+        max_ops: BIG_LIST,
+        max_time: Duration::from_secs(120),
+    }
 }
 
 /// Creates 10,000 pods in both stores, reads memory, and times full lists of them.
@@ -100,31 +125,28 @@ pub async fn big_list(
     etcd: &Proc,
     notes: &mut Notes,
 ) -> anyhow::Result<BigList> {
-    let limits = Limits {
-        max_ops: BIG_LIST,
-        max_time: Duration::from_secs(120),
-    };
     let ns = BIG_NS.to_string();
     eprintln!("  creating {BIG_LIST} pods in Capstan (64 clients)");
+    let kube = &t.capstan.kube;
     let capstan_create = closed_loop(
         64,
-        limits,
-        t.kube.create(Kind::Pod, ns.clone(), "pod".into(), "big"),
+        big_limits(),
+        kube.create(Kind::Pod, ns.clone(), "pod".into(), "big"),
     )
     .await?;
     note_errors(notes, "10k pods: Capstan create", &capstan_create);
     eprintln!("  putting {BIG_LIST} pods into etcd (64 clients)");
     let etcd_put = closed_loop(
         64,
-        limits,
+        big_limits(),
         t.kv.put(Kind::Pod, ns.clone(), "pod".into(), "big"),
     )
     .await?;
     note_errors(notes, "10k pods: etcd put", &etcd_put);
     let (capstan_rss, etcd_rss) = (capstan.rss_kib()?, etcd.rss_kib()?);
 
-    let url = collection(&t.kube.server, BIG_NS, "pods");
-    let client = &t.kube.clients[0];
+    let url = collection(&kube.server, BIG_NS, "pods");
+    let client = &kube.clients[0];
     let (json, json_bytes) = time_repeated(|| expect(client.get(&url), StatusCode::OK)).await?;
     check_len(notes, "10k pods JSON list items", &json_bytes.1, "/items")?;
     let rss_after_json = capstan.rss_kib()?;
@@ -165,6 +187,41 @@ pub async fn big_list(
     })
 }
 
+/// The same 10,000 pods on the etcd-backed Capstan, so both servers hold the same data during
+/// the matrix; times the creates and the JSON list.
+pub async fn big_list_backend(
+    api: &Api,
+    procs: &EtcdBacked,
+    notes: &mut Notes,
+) -> anyhow::Result<BackendBigList> {
+    eprintln!("  creating {BIG_LIST} pods in Capstan on etcd (64 clients)");
+    let create = closed_loop(
+        64,
+        big_limits(),
+        api.kube
+            .create(Kind::Pod, BIG_NS.into(), "pod".into(), "big"),
+    )
+    .await?;
+    note_errors(notes, "10k pods: Capstan-on-etcd create", &create);
+    let rss = procs.rss_kib()?;
+    let url = collection(&api.kube.server, BIG_NS, "pods");
+    let client = &api.kube.clients[0];
+    let (json, (json_bytes, body)) =
+        time_repeated(|| expect(client.get(&url), StatusCode::OK)).await?;
+    check_len(
+        notes,
+        "10k pods JSON list items (Capstan on etcd)",
+        &body,
+        "/items",
+    )?;
+    Ok(BackendBigList {
+        create,
+        json,
+        json_bytes,
+        rss,
+    })
+}
+
 /// Runs `request` LIST_REPEATS times; returns the timing and (size, last body).
 async fn time_repeated<F, Fut>(mut request: F) -> anyhow::Result<(Summary, (usize, bytes::Bytes))>
 where
@@ -194,7 +251,7 @@ fn check_len(notes: &mut Notes, what: &str, body: &[u8], ptr: &str) -> anyhow::R
     Ok(())
 }
 
-/// Creates the 100-object list sets in both stores and checks that both lists return them.
+/// Creates the 100-object list sets in every store and checks that every list returns them.
 pub async fn seed_list_sets(t: &Targets) -> anyhow::Result<()> {
     let limits = Limits {
         max_ops: LIST_SET,
@@ -202,26 +259,11 @@ pub async fn seed_list_sets(t: &Targets) -> anyhow::Result<()> {
     };
     for kind in Kind::ALL {
         let ns = list_ns(kind);
-        let s = closed_loop(
-            16,
-            limits,
-            t.kube.create(kind, ns.clone(), "obj".into(), "list"),
-        )
-        .await?;
-        ensure!(s.ok == LIST_SET, "seeding Capstan {ns}: {s:?}");
+        for api in t.apis() {
+            seed_capstan(api, kind, limits).await?;
+        }
         let s = closed_loop(16, limits, t.kv.put(kind, ns.clone(), "obj".into(), "list")).await?;
         ensure!(s.ok == LIST_SET, "seeding etcd {ns}: {s:?}");
-        let url = format!(
-            "{}?labelSelector={}%3Dlist",
-            collection(&t.kube.server, &ns, kind.plural()),
-            crate::payload::LABEL_KEY
-        );
-        let list: Value = serde_json::from_slice(&expect(t.spare.get(url), StatusCode::OK).await?)?;
-        let items = list["items"].as_array().map_or(0, Vec::len) as u64;
-        ensure!(
-            items == LIST_SET,
-            "Capstan list of {ns} returned {items} items"
-        );
         let keys =
             t.kv.etcd
                 .count(&t.kv.clients[0], &kind.etcd_prefix(&ns))
@@ -231,111 +273,65 @@ pub async fn seed_list_sets(t: &Targets) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// create, get, list (both stores) and watch (Capstan) per kind and client count.
-pub async fn matrix(
-    t: &Targets,
-    cell: Limits,
-    notes: &mut Notes,
-    watch_details: &mut Vec<String>,
-) -> anyhow::Result<Vec<MatrixRow>> {
-    let mut rows = Vec::new();
-    for kind in Kind::ALL {
-        for clients in CONCURRENCY {
-            let prefix = format!("c{clients}");
-            let ns = create_ns(kind);
-            let ops = [
-                (
-                    "create",
-                    t.kube.create(kind, ns.clone(), prefix.clone(), "create"),
-                    t.kv.put(kind, ns.clone(), prefix.clone(), "create"),
-                ),
-                ("get", t.kube.get(kind), t.kv.get(kind)),
-                ("list", t.kube.list(kind), t.kv.list(kind)),
-            ];
-            for (op, capstan_op, etcd_op) in ops {
-                eprintln!("  {} {op} x{clients}", kind.name());
-                let capstan = closed_loop(clients, cell, capstan_op).await?;
-                let etcd = closed_loop(clients, cell, etcd_op).await?;
-                note_errors(
-                    notes,
-                    &format!("{} {op} x{clients} Capstan", kind.name()),
-                    &capstan,
-                );
-                note_errors(
-                    notes,
-                    &format!("{} {op} x{clients} etcd", kind.name()),
-                    &etcd,
-                );
-                rows.push(MatrixRow {
-                    kind,
-                    op,
-                    clients,
-                    capstan,
-                    etcd: Some(etcd),
-                });
-            }
-            eprintln!("  {} watch x{clients}", kind.name());
-            let (capstan, detail) = watch::run(
-                &t.kube.server,
-                &t.kube.clients,
-                &t.spare,
-                kind,
-                &watch_ns(kind, clients),
-                clients,
-            )
-            .await
-            .with_context(|| format!("{} watch x{clients}", kind.name()))?;
-            if capstan.errors > 0 {
-                notes.push(format!(
-                    "{} watch x{clients}: {} events never arrived",
-                    kind.name(),
-                    capstan.errors
-                ));
-            }
-            watch_details.push(format!(
-                "{} x{clients}: {:.0}% of events before the create's response; create sent → event p50 {} ms, p99 {} ms",
-                kind.name(),
-                detail.early_share * 100.0,
-                crate::stats::ms(detail.from_send.p50),
-                crate::stats::ms(detail.from_send.p99)
-            ));
-            rows.push(MatrixRow {
-                kind,
-                op: "watch",
-                clients,
-                capstan,
-                etcd: None,
-            });
-        }
-    }
-    Ok(rows)
+async fn seed_capstan(api: &Api, kind: Kind, limits: Limits) -> anyhow::Result<()> {
+    let ns = list_ns(kind);
+    let s = closed_loop(
+        16,
+        limits,
+        api.kube.create(kind, ns.clone(), "obj".into(), "list"),
+    )
+    .await?;
+    ensure!(s.ok == LIST_SET, "seeding {} {ns}: {s:?}", api.kube.server);
+    let url = format!(
+        "{}?labelSelector={}%3Dlist",
+        collection(&api.kube.server, &ns, kind.plural()),
+        crate::payload::LABEL_KEY
+    );
+    let list: Value = serde_json::from_slice(&expect(api.spare.get(url), StatusCode::OK).await?)?;
+    let items = list["items"].as_array().map_or(0, Vec::len) as u64;
+    ensure!(
+        items == LIST_SET,
+        "list of {ns} on {} returned {items} items",
+        api.kube.server
+    );
+    Ok(())
 }
 
-/// ConfigMap creates (etcd: puts) at RATE per second for RATE_TIME.
-pub async fn rate_limited(t: &Targets, notes: &mut Notes) -> anyhow::Result<(OpenLoop, OpenLoop)> {
+/// The rate-limited run on each server.
+pub struct Rates {
+    pub capstan: OpenLoop,
+    pub etcd: OpenLoop,
+    pub capstan_etcd: Option<OpenLoop>,
+}
+
+/// ConfigMap creates (etcd: puts) at RATE per second for RATE_TIME, one server at a time.
+pub async fn rate_limited(t: &Targets, notes: &mut Notes) -> anyhow::Result<Rates> {
     let ns = "rate".to_string();
+    let creates = |kube: &Kube| kube.create(Kind::ConfigMap, ns.clone(), "r".into(), "rate");
     eprintln!("  Capstan ConfigMap creates at {RATE}/s for {RATE_TIME:?}");
-    let capstan = runner::open_loop(
-        RATE,
-        RATE_TIME,
-        RATE_CLIENTS,
-        512,
-        t.kube
-            .create(Kind::ConfigMap, ns.clone(), "r".into(), "rate"),
-    )
-    .await?;
-    eprintln!("  etcd puts at {RATE}/s for {RATE_TIME:?}");
-    let etcd = runner::open_loop(
-        RATE,
-        RATE_TIME,
-        RATE_CLIENTS,
-        512,
-        t.kv.put(Kind::ConfigMap, ns, "r".into(), "rate"),
-    )
-    .await?;
+    let capstan = open_loop(creates(&t.capstan.kube)).await?;
     note_errors(notes, "rate-limited Capstan creates", &capstan.service);
+    eprintln!("  etcd puts at {RATE}/s for {RATE_TIME:?}");
+    let etcd = open_loop(t.kv.put(Kind::ConfigMap, ns.clone(), "r".into(), "rate")).await?;
     note_errors(notes, "rate-limited etcd puts", &etcd.service);
-    Ok((capstan, etcd))
+    let capstan_etcd = match &t.capstan_etcd {
+        Some(api) => {
+            eprintln!("  Capstan-on-etcd ConfigMap creates at {RATE}/s for {RATE_TIME:?}");
+            let run = open_loop(creates(&api.kube)).await?;
+            note_errors(notes, "rate-limited Capstan-on-etcd creates", &run.service);
+            Some(run)
+        }
+        None => None,
+    };
+    Ok(Rates {
+        capstan,
+        etcd,
+        capstan_etcd,
+    })
+}
+
+async fn open_loop(op: runner::Op) -> anyhow::Result<OpenLoop> {
+    runner::open_loop(RATE, RATE_TIME, RATE_CLIENTS, 512, op).await
 }
 
 /// `n` clients built by `make`.

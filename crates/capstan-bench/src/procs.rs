@@ -1,4 +1,5 @@
-//! The two servers under test as child processes: `capstan server` and etcd.
+//! The servers under test as child processes: `capstan server` (on SQLite, and on etcd) and
+//! etcd (the raw peer, and the store of the etcd-backed Capstan).
 //!
 //! Each owns a temp dir (data + log) and is SIGKILLed and reaped when dropped, so every exit
 //! path of the benchmark (error, panic, Ctrl-C handled in main) leaves nothing behind.
@@ -62,10 +63,9 @@ impl Proc {
         Ok(())
     }
 
+    /// The log's first and last lines: an error's message comes first, a backtrace after it.
     pub fn log_tail(&self) -> String {
-        let text = fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
+        excerpt(&fs::read_to_string(&self.log).unwrap_or_default())
     }
 
     /// Resident and peak resident set size in KiB, from /proc/PID/status.
@@ -85,6 +85,23 @@ impl Drop for Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+const LOG_HEAD: usize = 10;
+const LOG_TAIL: usize = 20;
+
+/// The first LOG_HEAD and last LOG_TAIL lines of `text`.
+fn excerpt(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    if lines.len() <= LOG_HEAD + LOG_TAIL {
+        return lines.join("\n");
+    }
+    let skipped = lines.len() - LOG_HEAD - LOG_TAIL;
+    format!(
+        "{}\n[… {skipped} lines …]\n{}",
+        lines[..LOG_HEAD].join("\n"),
+        lines[lines.len() - LOG_TAIL..].join("\n")
+    )
 }
 
 /// Memory figures of a process, in KiB.
@@ -118,8 +135,13 @@ fn temp_dir(prefix: &str) -> anyhow::Result<TempDir> {
         .context("create temp dir")
 }
 
-/// Starts `capstan server --disable-agent` on a temp data dir and a free port.
-pub fn start_capstan(binary: &Path) -> anyhow::Result<(Proc, u16)> {
+/// Starts `capstan server --disable-agent` on a temp data dir and a free port. `datastore` is
+/// its `--datastore-endpoint`; `None` keeps the embedded SQLite store.
+pub fn start_capstan(
+    binary: &Path,
+    name: &'static str,
+    datastore: Option<&str>,
+) -> anyhow::Result<(Proc, u16)> {
     let dir = temp_dir("capstan-bench-")?;
     let port = free_port()?;
     let mut cmd = Command::new(binary);
@@ -130,11 +152,14 @@ pub fn start_capstan(binary: &Path) -> anyhow::Result<(Proc, u16)> {
         .arg(port.to_string())
         .arg("--disable-agent")
         .env("RUST_LOG", "warn");
-    Ok((Proc::spawn("capstan", cmd, dir)?, port))
+    if let Some(endpoint) = datastore {
+        cmd.arg("--datastore-endpoint").arg(endpoint);
+    }
+    Ok((Proc::spawn(name, cmd, dir)?, port))
 }
 
 /// Starts a single-member etcd on loopback ports with a temp data dir; returns its client URL.
-pub fn start_etcd(binary: &Path) -> anyhow::Result<(Proc, String)> {
+pub fn start_etcd(binary: &Path, name: &'static str) -> anyhow::Result<(Proc, String)> {
     let dir = temp_dir("capstan-bench-etcd-")?;
     let client = format!("http://127.0.0.1:{}", free_port()?);
     let peer = format!("http://127.0.0.1:{}", free_port()?);
@@ -147,7 +172,36 @@ pub fn start_etcd(binary: &Path) -> anyhow::Result<(Proc, String)> {
         .arg(format!("--initial-advertise-peer-urls={peer}"))
         .arg(format!("--initial-cluster=bench={peer}"))
         .arg("--log-level=warn");
-    Ok((Proc::spawn("etcd", cmd, dir)?, client))
+    Ok((Proc::spawn(name, cmd, dir)?, client))
+}
+
+/// `capstan server --datastore-endpoint` for an etcd client URL: `http://H:P` → `etcd://H:P`.
+pub fn datastore_endpoint(client_url: &str) -> String {
+    let host_port = client_url
+        .strip_prefix("http://")
+        .unwrap_or(client_url)
+        .trim_end_matches('/');
+    format!("etcd://{host_port}")
+}
+
+/// Capstan on etcd: the server and the etcd it stores into. Fields drop in declaration order,
+/// so the server is killed before its store.
+pub struct EtcdBacked {
+    pub capstan: Proc,
+    pub etcd: Proc,
+}
+
+impl EtcdBacked {
+    /// Fails if either process has exited.
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        self.capstan.check_alive()?;
+        self.etcd.check_alive()
+    }
+
+    /// (server, store) memory.
+    pub fn rss_kib(&self) -> anyhow::Result<(Rss, Rss)> {
+        Ok((self.capstan.rss_kib()?, self.etcd.rss_kib()?))
+    }
 }
 
 /// Polls `probe` until it succeeds, the process dies, or the deadline passes.
@@ -183,5 +237,29 @@ mod tests {
         assert_eq!(status_field(status, "VmRSS:").ok(), Some(20480));
         assert_eq!(status_field(status, "VmHWM:").ok(), Some(40960));
         assert!(status_field(status, "VmSwap:").is_err());
+    }
+
+    #[test]
+    fn log_excerpt_keeps_head_and_tail() {
+        let short = "a\nb";
+        assert_eq!(excerpt(short), "a\nb");
+        let long: Vec<String> = (0..100).map(|i| format!("l{i}")).collect();
+        let text = excerpt(&long.join("\n"));
+        assert!(text.starts_with("l0\nl1\n"), "{text}");
+        assert!(text.contains("[… 70 lines …]"), "{text}");
+        assert!(text.ends_with("l98\nl99"), "{text}");
+        assert!(!text.contains("l50"), "{text}");
+    }
+
+    #[test]
+    fn etcd_client_url_becomes_datastore_endpoint() {
+        assert_eq!(
+            datastore_endpoint("http://127.0.0.1:2379"),
+            "etcd://127.0.0.1:2379"
+        );
+        assert_eq!(
+            datastore_endpoint("http://127.0.0.1:2379/"),
+            "etcd://127.0.0.1:2379"
+        );
     }
 }

@@ -1,11 +1,14 @@
-//! The markdown report: machine facts, the Capstan-vs-etcd matrix, and the target checks.
+//! The markdown report: machine facts, the Capstan-vs-etcd matrix, the target checks, and the
+//! store-backend comparison (rendered in `backends.rs`).
 
 use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::Context;
 
-use crate::phases::{BIG_LIST, BigList, MatrixRow, Notes, RATE, RATE_TIME};
+use crate::backends::{self, EtcdBackedRun};
+use crate::matrix::MatrixRow;
+use crate::phases::{BIG_LIST, BigList, Notes, RATE, RATE_TIME};
 use crate::procs::Rss;
 use crate::runner::OpenLoop;
 use crate::stats::{Summary, ms};
@@ -35,6 +38,8 @@ pub struct Report {
     /// Per watch run: share of events ahead of the create's response, and send → event.
     pub watch_details: Vec<String>,
     pub cell: String,
+    /// Capstan on etcd; none with `--skip-backends`.
+    pub backend: Option<EtcdBackedRun>,
 }
 
 /// nproc, CPU, kernel, date and revision, as one markdown list.
@@ -64,7 +69,7 @@ pub fn machine_facts(revision: Option<&str>) -> String {
     out
 }
 
-fn ratio(a: f64, b: f64) -> String {
+pub fn ratio(a: f64, b: f64) -> String {
     if b > 0.0 && a > 0.0 {
         format!("{:.1}×", a / b)
     } else {
@@ -72,7 +77,7 @@ fn ratio(a: f64, b: f64) -> String {
     }
 }
 
-fn mib(kib: u64) -> String {
+pub fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
 
@@ -244,6 +249,7 @@ pub fn render(r: &Report) -> String {
     rate_rows(&mut out, &r.rate);
     big_rows(&mut out, &r.big);
     memory_rows(&mut out, &r.memory);
+    backends::render(&mut out, r);
     if !r.notes.is_empty() {
         out.push_str("\n### Anomalies seen during the run\n\n");
         for n in &r.notes {
@@ -271,9 +277,10 @@ pub fn write_doc(path: &Path, generated: &str) -> anyhow::Result<()> {
 fn default_head() -> &'static str {
     "# Benchmarks\n\n\
      `scripts/bench.sh` builds the release binaries, starts its own `capstan server --disable-agent` \
-     and etcd on loopback ports with temp data dirs, measures, prints the tables below and rewrites \
-     the generated part of this file. It takes about 3 minutes on 2 cores. The load generator runs \
-     on the same machine and shares its cores with the servers.\n\n"
+     (on SQLite, and a second one on its own etcd) and a raw etcd on loopback ports with temp data \
+     dirs, measures, prints the tables below and rewrites the generated part of this file. It takes \
+     about 5 minutes on 2 cores (3 with `--skip-backends`). The load generator runs on the same \
+     machine and shares its cores with the servers.\n\n"
 }
 
 #[cfg(test)]

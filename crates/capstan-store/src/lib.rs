@@ -1,6 +1,7 @@
 //! `capstan-store` owns Capstan's persistent state: a narrow, revision-centric key-value
 //! trait ([`Store`]) in the shape of etcd's MVCC API, and its backends (`sqlite`, the
-//! embedded default; `memory`, for tests). It knows nothing of Kubernetes objects: keys
+//! embedded default; `etcd`, for production clusters; `memory`, for tests), plus offline
+//! snapshot restore for the persistent backends. It knows nothing of Kubernetes objects: keys
 //! are strings such as `/registry/pods/default/web`, values are opaque bytes.
 //!
 //! Every write gets the next global revision. Reads can be served at the current revision
@@ -9,14 +10,19 @@
 
 use async_trait::async_trait;
 use std::fmt;
+use std::path::Path;
 use tokio::sync::mpsc;
 
 pub mod conformance;
+pub mod etcd;
 mod fanout;
 pub mod memory;
+mod snapshot;
 pub mod sqlite;
 
+pub use etcd::{EtcdConfig, EtcdStore};
 pub use memory::MemoryStore;
+pub use snapshot::{SnapshotError, SnapshotInfo, SnapshotKind, snapshot_kind};
 pub use sqlite::SqliteStore;
 
 /// A stored key with its value and the revisions that created and last modified it.
@@ -105,6 +111,9 @@ pub enum StoreError {
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("store is closed")]
     Closed,
+    /// The backend does not implement this operation (e.g. snapshots of the memory store).
+    #[error("unsupported: {0}")]
+    Unsupported(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -157,4 +166,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Drop history older than `revision` (current values are kept).
     async fn compact(&self, revision: i64) -> Result<()>;
+
+    /// Writes a consistent point-in-time copy of the whole store to `dest` (atomically:
+    /// a temporary file renamed into place), restorable offline with the backend's
+    /// `restore_snapshot`. `Unsupported` for backends without persistent state.
+    async fn snapshot(&self, dest: &Path) -> Result<SnapshotInfo>;
 }

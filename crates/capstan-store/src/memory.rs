@@ -2,10 +2,13 @@
 //! Nothing is persisted.
 
 use crate::fanout::{Fanout, HISTORY_PAGE, spawn_watch};
-use crate::{KeyValue, ListResult, Result, Store, StoreError, WatchEvent, WatchReceiver};
+use crate::{
+    KeyValue, ListResult, Result, SnapshotInfo, Store, StoreError, WatchEvent, WatchReceiver,
+};
 use async_trait::async_trait;
 use std::collections::BTreeMap;
 use std::ops::Bound;
+use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// The in-memory backend; clones share the same data.
@@ -285,6 +288,12 @@ impl Store for MemoryStore {
             !versions.is_empty()
         });
         Ok(())
+    }
+
+    async fn snapshot(&self, _dest: &Path) -> Result<SnapshotInfo> {
+        Err(StoreError::Unsupported(
+            "the memory store has no persistent state to snapshot".into(),
+        ))
     }
 }
 

@@ -17,3 +17,19 @@ mod sqlite {
 
     capstan_store::store_conformance_tests!(fresh());
 }
+
+mod etcd {
+    use capstan_store::EtcdStore;
+    use capstan_store::etcd::testing::EtcdCluster;
+
+    async fn fresh() -> (EtcdStore, EtcdCluster) {
+        let cluster = tokio::task::spawn_blocking(|| EtcdCluster::start(1))
+            .await
+            .expect("join")
+            .expect("start etcd");
+        let store = EtcdStore::connect(cluster.config()).await.expect("connect");
+        (store, cluster)
+    }
+
+    capstan_store::store_conformance_tests!(fresh());
+}

@@ -2,7 +2,12 @@
 //! its own beyond that.
 
 mod config;
+mod datastore;
+mod images;
+mod pause;
+mod ps;
 mod server;
+mod shim;
 
 use clap::{Parser, Subcommand};
 
@@ -26,21 +31,53 @@ struct Cli {
 enum Command {
     /// Run the control plane (API server on the embedded store) and, later, a local agent.
     Server(server::ServerArgs),
+    /// Datastore maintenance: snapshots (save, restore, ls).
+    Datastore(datastore::DatastoreArgs),
+    /// The node's image store: import, pull, ls, inspect, rm.
+    Images(images::ImagesArgs),
+    /// The node's containers and pod sandboxes (like crictl ps / pods).
+    Ps(ps::PsArgs),
+    /// Internal: the per-container shim process.
+    #[command(hide = true)]
+    Shim(shim::ShimArgs),
+    /// Internal: the process holding a pod sandbox's namespaces.
+    #[command(hide = true)]
+    Pause(pause::PauseArgs),
+    /// Debugging: run one pod with one container and manage it until stdin closes.
+    #[command(hide = true)]
+    RunPod(ps::RunPodArgs),
 }
 
 fn main() -> anyhow::Result<()> {
-    let args = config::args_with_config_file(std::env::args_os().collect())?;
+    let raw: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // Internal subcommands take no config file, and their argv (a container's command after
+    // `--`) must reach them untouched.
+    let internal = raw
+        .get(1)
+        .is_some_and(|c| ["shim", "pause", "run-pod"].iter().any(|i| c == *i));
+    let args = if internal {
+        raw
+    } else {
+        config::args_with_config_file(raw)?
+    };
     let cli = Cli::parse_from(args);
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     rustls::crypto::aws_lc_rs::default_provider()
         .install_default()
         .map_err(|_| anyhow::anyhow!("installing the TLS crypto provider"))?;
     match cli.command {
         Command::Server(a) => server::run(a),
+        Command::Datastore(a) => datastore::run(a),
+        Command::Images(a) => images::run(a),
+        Command::Ps(a) => ps::run(a),
+        Command::Shim(a) => shim::run(a),
+        Command::Pause(a) => pause::run(a),
+        Command::RunPod(a) => ps::run_pod(a),
     }
 }

@@ -1,9 +1,11 @@
 //! `capstan server`: open the store, start the API server, run until SIGINT/SIGTERM.
 
+use crate::datastore::endpoint::{Endpoint, open_sqlite};
+use crate::datastore::lock::DbLock;
+use crate::datastore::{DatastoreFlags, SnapshotScheduleFlags};
 use anyhow::Context;
 use capstan_apiserver::ServerConfig;
 use capstan_store::Store;
-use capstan_store::sqlite::SqliteStore;
 use clap::Args;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -33,9 +35,10 @@ pub struct ServerArgs {
     /// Extra names or addresses for the serving certificate (repeatable).
     #[arg(long)]
     pub tls_san: Vec<String>,
-    /// Where state is stored: `sqlite://PATH` (default: `<data-dir>/db/state.db`).
-    #[arg(long)]
-    pub datastore_endpoint: Option<String>,
+    #[command(flatten)]
+    pub datastore: DatastoreFlags,
+    #[command(flatten)]
+    pub snapshots: SnapshotScheduleFlags,
 }
 
 fn port_range(s: &str) -> anyhow::Result<(u16, u16)> {
@@ -48,22 +51,40 @@ fn port_range(s: &str) -> anyhow::Result<(u16, u16)> {
     ))
 }
 
-fn open_store(args: &ServerArgs) -> anyhow::Result<Arc<dyn Store>> {
-    let path = match args.datastore_endpoint.as_deref() {
-        None => args.data_dir.join("db").join("state.db"),
-        Some(e) => match e.strip_prefix("sqlite://") {
-            Some(p) => PathBuf::from(p),
-            None => anyhow::bail!(
-                "unsupported --datastore-endpoint {e:?}: only sqlite://PATH is available in this build"
-            ),
-        },
-    };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+/// The opened store, and for SQLite the lock that keeps offline restores away from it.
+struct OpenStore {
+    store: Arc<dyn Store>,
+    _lock: Option<DbLock>,
+}
+
+async fn open_store(args: &ServerArgs) -> anyhow::Result<OpenStore> {
+    match args.datastore.endpoint(&args.data_dir)? {
+        Endpoint::Sqlite(path) => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+            }
+            let lock = DbLock::acquire(&path, "serve")?;
+            let store = open_sqlite(&path, true)?;
+            tracing::info!(
+                path = %path.display(),
+                lock = %lock.path().display(),
+                "datastore: SQLite"
+            );
+            Ok(OpenStore {
+                store: Arc::new(store),
+                _lock: Some(lock),
+            })
+        }
+        Endpoint::Etcd(endpoints) => {
+            let store = args.datastore.connect_etcd(&endpoints).await?;
+            tracing::info!(endpoints = %endpoints.join(","), "datastore: etcd");
+            Ok(OpenStore {
+                store: Arc::new(store),
+                _lock: None,
+            })
+        }
     }
-    let store = SqliteStore::open(&path)
-        .with_context(|| format!("opening SQLite store {}", path.display()))?;
-    Ok(Arc::new(store))
 }
 
 pub fn run(args: ServerArgs) -> anyhow::Result<()> {
@@ -74,7 +95,9 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     rt.block_on(async move {
-        let store = open_store(&args)?;
+        let snapshot_policy = args.snapshots.policy(&args.data_dir)?;
+        let opened = open_store(&args).await?;
+        let store = opened.store.clone();
         let config = ServerConfig {
             data_dir: args.data_dir.clone(),
             bind_address: args.bind_address,
@@ -84,10 +107,24 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
             tls_sans: args.tls_san.clone(),
         };
         let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
-        let running = capstan_apiserver::start(config, store, shutdown_rx).await.context("starting the API server")?;
+        let running = capstan_apiserver::start(config, store.clone(), shutdown_rx.clone())
+            .await
+            .context("starting the API server")?;
+        let mut tasks = running.tasks;
+        if let Some(policy) = snapshot_policy {
+            tracing::info!(
+                schedule = %args.snapshots.snapshot_schedule,
+                retention = policy.retention,
+                dir = %policy.dir.display(),
+                "scheduled snapshots on"
+            );
+            tasks.push(policy.spawn(store, shutdown_rx));
+        }
         if !args.disable_agent {
             tracing::warn!("the node agent is not part of this build yet; running the control plane only (as with --disable-agent)");
         }
+        let controllers_stop = tokio_util::sync::CancellationToken::new();
+        let controllers = start_controller_manager(&args.data_dir, controllers_stop.clone()).await?;
         tracing::info!(addr = %running.addr, "capstan server ready");
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("installing SIGTERM handler")?;
         tokio::select! {
@@ -95,10 +132,108 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
             _ = term.recv() => {}
         }
         tracing::info!("shutting down");
+        // Controllers first, while the API still serves, so their Lease is released.
+        controllers_stop.cancel();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), controllers).await;
         let _ = shutdown_tx.send(true);
-        for t in running.tasks {
+        for t in tasks {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(5), t).await;
         }
+        drop(opened);
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        server: ServerArgs,
+    }
+
+    #[test]
+    fn datastore_and_snapshot_flags_come_from_the_config_file_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.yaml");
+        std::fs::write(
+            &file,
+            "datastore-endpoint: etcd://10.0.0.1:2379,10.0.0.2:2379\n\
+             datastore-cafile: /etc/etcd/ca.pem\n\
+             datastore-certfile: /etc/etcd/client.pem\n\
+             datastore-keyfile: /etc/etcd/client-key.pem\n\
+             etcd-snapshot-schedule-cron: \"0 */6 * * *\"\n\
+             snapshot-retention: 9\n\
+             disable-snapshots: true\n",
+        )
+        .unwrap();
+        let args = ["capstan", "server", "--config", file.to_str().unwrap()]
+            .map(std::ffi::OsString::from)
+            .to_vec();
+        let mut args = crate::config::args_with_config_file(args).unwrap();
+        args.remove(1);
+        let a = Cmd::try_parse_from(args).unwrap().server;
+        let endpoint = a.datastore.endpoint(&a.data_dir).unwrap();
+        assert_eq!(
+            endpoint,
+            Endpoint::Etcd(vec![
+                "https://10.0.0.1:2379".into(),
+                "https://10.0.0.2:2379".into()
+            ])
+        );
+        assert_eq!(
+            a.datastore.datastore_keyfile.as_deref(),
+            Some(std::path::Path::new("/etc/etcd/client-key.pem"))
+        );
+        assert_eq!(a.snapshots.snapshot_schedule, "0 */6 * * *");
+        assert_eq!(a.snapshots.snapshot_retention, 9);
+        assert!(a.snapshots.policy(&a.data_dir).unwrap().is_none());
+    }
+
+    #[test]
+    fn snapshot_defaults_follow_k3s() {
+        let a = Cmd::try_parse_from(["capstan", "--data-dir", "/d"])
+            .unwrap()
+            .server;
+        let policy = a
+            .snapshots
+            .policy(&a.data_dir)
+            .unwrap()
+            .expect("on by default");
+        assert_eq!(a.snapshots.snapshot_schedule, "0 */12 * * *");
+        assert_eq!(policy.retention, 5);
+        assert_eq!(policy.dir, PathBuf::from("/d/db/snapshots"));
+        assert_eq!(
+            a.datastore.endpoint(&a.data_dir).unwrap(),
+            Endpoint::Sqlite(PathBuf::from("/d/db/state.db"))
+        );
+    }
+}
+
+/// Run the controller manager in-process against this server's API with the admin
+/// credentials it wrote; it leads only while holding `kube-system/kube-controller-manager`.
+async fn start_controller_manager(
+    data_dir: &std::path::Path,
+    stop: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let path = data_dir.join("admin.kubeconfig");
+    let kubeconfig = kube::config::Kubeconfig::read_from(&path)
+        .with_context(|| format!("reading {}", path.display()))?;
+    let config = kube::Config::from_custom_kubeconfig(
+        kubeconfig,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .context("controller manager client configuration")?;
+    let client = kube::Client::try_from(config).context("controller manager client")?;
+    let identity = capstan_election::default_identity();
+    tracing::info!(%identity, "starting the controller manager");
+    Ok(tokio::spawn(async move {
+        if let Err(e) = capstan_controllers::run_controller_manager(client, identity, stop).await {
+            tracing::error!(error = %e, "controller manager failed");
+        }
+    }))
 }

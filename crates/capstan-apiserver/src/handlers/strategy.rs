@@ -1,9 +1,9 @@
 //! Per-kind rules applied around writes, in upstream's "REST strategy" role: what a create
 //! resets, what an update of the main resource or of `/status` may change, and generation.
 
+use crate::allocator::AllocationError;
 use crate::object::{self, meta_mut, spec_part};
 use crate::server::ApiServer;
-use capstan_api::status::Cause;
 use capstan_api::{ApiError, ResourceInfo, Subresource};
 use serde_json::{Value, json};
 
@@ -157,18 +157,39 @@ pub(crate) fn prepare_for_update(
 
 /// Allocate ClusterIPs and NodePorts for a new Service (or the additions of an updated one).
 /// Returns what was newly allocated so a failed write can release it.
-pub(crate) fn allocate_service(
+pub(crate) async fn allocate_service(
     server: &ApiServer,
     svc: &mut Value,
     old: Option<&Value>,
 ) -> Result<Allocated, ApiError> {
-    let mut done = Allocated::default();
-    let name = object::name(svc).unwrap_or_default().to_string();
-    let info = capstan_api::resources::find("", "v1", "services").expect("services are served");
-    let fail = |done: &Allocated, c: Cause| {
-        done.release(server);
-        ApiError::invalid(info, &name, vec![c])
+    let mut done = Allocated {
+        owner: crate::allocator::owner_of(svc),
+        ..Allocated::default()
     };
+    match allocate_into(server, svc, old, &mut done).await {
+        Ok(()) => Ok(done),
+        Err(e) => {
+            done.release(server).await;
+            let name = object::name(svc).unwrap_or_default().to_string();
+            let info =
+                capstan_api::resources::find("", "v1", "services").expect("services are served");
+            Err(match e {
+                AllocationError::Invalid(c) => ApiError::invalid(info, &name, vec![c]),
+                AllocationError::Store(e) => {
+                    ApiError::internal(format!("allocating service addresses: {e}"))
+                }
+            })
+        }
+    }
+}
+
+async fn allocate_into(
+    server: &ApiServer,
+    svc: &mut Value,
+    old: Option<&Value>,
+    done: &mut Allocated,
+) -> Result<(), AllocationError> {
+    let owner = done.owner.clone();
     let ty = svc["spec"]["type"]
         .as_str()
         .unwrap_or("ClusterIP")
@@ -192,10 +213,7 @@ pub(crate) fn allocate_service(
                 svc["spec"]["clusterIPs"] = json!([o]);
             }
             (req, _) => {
-                let ip = server
-                    .allocator
-                    .allocate_ip(req)
-                    .map_err(|c| fail(&done, c))?;
+                let ip = server.allocator.allocate_ip(req, &owner).await?;
                 done.ips.push(ip.to_string());
                 svc["spec"]["clusterIP"] = json!(ip.to_string());
                 svc["spec"]["clusterIPs"] = json!([ip.to_string()]);
@@ -226,48 +244,47 @@ pub(crate) fn allocate_service(
             match req {
                 Some(n) if old_ports.contains(&n) => {}
                 _ => {
-                    let n = server
-                        .allocator
-                        .allocate_port(req, &field)
-                        .map_err(|c| fail(&done, c))?;
+                    let n = server.allocator.allocate_port(req, &field, &owner).await?;
                     done.ports.push(n);
                     p["nodePort"] = json!(n);
                 }
             }
         }
     }
-    Ok(done)
+    Ok(())
 }
 
 #[derive(Default)]
 pub(crate) struct Allocated {
+    owner: String,
     ips: Vec<String>,
     ports: Vec<u16>,
 }
 
 impl Allocated {
-    pub fn release(&self, server: &ApiServer) {
+    pub async fn release(&self, server: &ApiServer) {
         for ip in &self.ips {
-            server.allocator.release_ip(ip);
+            server.allocator.release_ip(ip, &self.owner).await;
         }
         for p in &self.ports {
-            server.allocator.release_port(*p);
+            server.allocator.release_port(*p, &self.owner).await;
         }
     }
 }
 
 /// After an update of a Service, release what the old one held and the new one does not.
-pub(crate) fn release_service_diff(server: &ApiServer, old: &Value, new: &Value) {
+pub(crate) async fn release_service_diff(server: &ApiServer, old: &Value, new: &Value) {
+    let owner = crate::allocator::owner_of(old);
     let new_ips = crate::allocator::cluster_ips(new);
     for ip in crate::allocator::cluster_ips(old) {
         if !new_ips.contains(&ip) {
-            server.allocator.release_ip(&ip.to_string());
+            server.allocator.release_ip(&ip.to_string(), &owner).await;
         }
     }
     let new_ports = crate::allocator::node_ports(new);
     for p in crate::allocator::node_ports(old) {
         if !new_ports.contains(&p) {
-            server.allocator.release_port(p);
+            server.allocator.release_port(p, &owner).await;
         }
     }
 }

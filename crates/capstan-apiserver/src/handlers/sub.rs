@@ -33,6 +33,7 @@ pub(crate) async fn handle(
             update_scale(server, rp, headers, q, method, body).await
         }
         (Subresource::Binding, &Method::POST) => bind(server, rp, body).await,
+        (Subresource::Finalize, &Method::PUT) => finalize(server, rp, headers, q, body).await,
         _ => Err(ApiError::new(
             405,
             "MethodNotAllowed",
@@ -180,6 +181,48 @@ async fn update_scale(
 }
 
 /// `pods/NAME/binding`: set spec.nodeName once, as the scheduler's bind does.
+/// PUT `namespaces/NAME/finalize`: only `spec.finalizers` of the body is taken.
+async fn finalize(
+    server: &ApiServer,
+    rp: &ResourcePath,
+    headers: &http::HeaderMap,
+    q: &Query,
+    body: bytes::Bytes,
+) -> Result<http::Response<Body>, ApiError> {
+    let info = rp.info();
+    let name = rp.name.as_deref().unwrap_or_default();
+    let ns = super::decode_body(info, &body, &super::content_type(headers))?;
+    if ns["metadata"]["name"].as_str().is_some_and(|n| n != name) {
+        return Err(ApiError::bad_request(format!(
+            "the name of the object ({}) does not match the name on the URL ({name})",
+            ns["metadata"]["name"].as_str().unwrap_or_default()
+        )));
+    }
+    let finalizers: Vec<Value> = match &ns["spec"]["finalizers"] {
+        Value::Null => Vec::new(),
+        Value::Array(a) if a.iter().all(Value::is_string) => a.clone(),
+        _ => {
+            return Err(ApiError::bad_request(
+                "spec.finalizers must be a list of strings",
+            ));
+        }
+    };
+    let pinned = match ns["metadata"]["resourceVersion"].as_str() {
+        None | Some("") => None,
+        Some(rv) => Some(
+            rv.parse::<i64>()
+                .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {rv:?}")))?,
+        ),
+    };
+    if q.dry_run()? {
+        let (mut cur, _) = current(server, rp).await?;
+        cur["spec"]["finalizers"] = json!(finalizers);
+        return Ok(response::json(200, &cur));
+    }
+    let obj = write::finalize_namespace(server, name, finalizers, pinned).await?;
+    Ok(response::json(200, &obj))
+}
+
 async fn bind(
     server: &ApiServer,
     rp: &ResourcePath,

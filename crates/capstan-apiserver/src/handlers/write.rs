@@ -251,7 +251,7 @@ pub(crate) async fn create_object(
     validation::validate(info, &obj, None)?;
     admit_namespace(server, info, ns.as_deref()).await?;
     let allocated = if info.kind == "Service" && info.group.is_empty() {
-        Some(strategy::allocate_service(server, &mut obj, None)?)
+        Some(strategy::allocate_service(server, &mut obj, None).await?)
     } else {
         None
     };
@@ -263,7 +263,7 @@ pub(crate) async fn create_object(
     }
     if opts.dry_run {
         if let Some(a) = &allocated {
-            a.release(server);
+            a.release(server).await;
         }
         return Ok(obj);
     }
@@ -273,7 +273,7 @@ pub(crate) async fn create_object(
         Ok(rev) => Ok(with_rv(obj, rev)),
         Err(e) => {
             if let Some(a) = &allocated {
-                a.release(server);
+                a.release(server).await;
             }
             Err(store_error(info, &name)(e))
         }
@@ -333,7 +333,7 @@ where
         let mut new = strategy::prepare_for_update(info, &old, desired, sub);
         validation::validate(info, &new, Some(&old))?;
         let allocated = if info.kind == "Service" && info.group.is_empty() && sub.is_none() {
-            Some(strategy::allocate_service(server, &mut new, Some(&old))?)
+            Some(strategy::allocate_service(server, &mut new, Some(&old)).await?)
         } else {
             None
         };
@@ -354,7 +354,7 @@ where
         }
         if opts.dry_run {
             if let Some(a) = &allocated {
-                a.release(server);
+                a.release(server).await;
             }
             return Ok((obj, 200));
         }
@@ -367,7 +367,7 @@ where
         {
             Ok(rev) => {
                 if info.kind == "Service" && info.group.is_empty() {
-                    strategy::release_service_diff(server, &old, &obj);
+                    strategy::release_service_diff(server, &old, &obj).await;
                 }
                 let obj = with_rv(obj, rev);
                 if finalize_now {
@@ -379,13 +379,13 @@ where
             }
             Err(StoreError::Conflict { .. }) if pinned.is_none() => {
                 if let Some(a) = &allocated {
-                    a.release(server);
+                    a.release(server).await;
                 }
                 continue;
             }
             Err(e) => {
                 if let Some(a) = &allocated {
-                    a.release(server);
+                    a.release(server).await;
                 }
                 return Err(store_error(info, &name)(e));
             }
@@ -682,7 +682,7 @@ async fn delete_one(
             }
             match server.store.delete(&key, Some(cur.mod_revision)).await {
                 Ok((_rev, _)) => {
-                    after_delete(server, info, &obj);
+                    after_delete(server, info, &obj).await;
                     return Ok((obj, 200));
                 }
                 Err(StoreError::Conflict { .. }) => continue,
@@ -739,9 +739,9 @@ fn ns_has_spec_finalizers(ns: &Value) -> bool {
         .is_some_and(|a| !a.is_empty())
 }
 
-fn after_delete(server: &ApiServer, info: &ResourceInfo, obj: &Value) {
+async fn after_delete(server: &ApiServer, info: &ResourceInfo, obj: &Value) {
     if info.kind == "Service" && info.group.is_empty() {
-        server.allocator.release_service(obj);
+        server.allocator.release_service(obj).await;
     }
 }
 
@@ -759,7 +759,7 @@ async fn finish_delete(
     }
     match server.store.delete(key, Some(rev)).await {
         Ok(_) | Err(StoreError::NotFound(_)) => {
-            after_delete(server, info, obj);
+            after_delete(server, info, obj).await;
             Ok(obj.clone())
         }
         Err(StoreError::Conflict { .. }) => Ok(obj.clone()),
@@ -795,29 +795,39 @@ pub(crate) async fn delete_collection(
     ))
 }
 
-/// Finalize a namespace: remove `spec.finalizers` entry "kubernetes" (used by the namespace
-/// deleter once the namespace is empty) and delete it.
-pub(crate) async fn finalize_namespace(server: &ApiServer, name: &str) -> Result<(), ApiError> {
+/// `namespaces/NAME/finalize`: set `spec.finalizers` (the namespace controller removes
+/// "kubernetes" once the namespace is empty); a terminating namespace left with no finalizers
+/// of either kind is deleted by the same call, as upstream's finalize storage does.
+pub(crate) async fn finalize_namespace(
+    server: &ApiServer,
+    name: &str,
+    finalizers: Vec<Value>,
+    pinned: Option<i64>,
+) -> Result<Value, ApiError> {
     let info = &RESOURCES[RESOURCES
         .iter()
         .position(|r| r.group.is_empty() && r.plural == "namespaces")
         .expect("namespaces served")];
     let key = info.store_key(None, name);
     for _ in 0..MAX_RETRIES {
-        let Some(cur) = server
+        let cur = server
             .store
             .get(&key)
             .await
             .map_err(store_error(info, name))?
-        else {
-            return Ok(());
-        };
+            .ok_or_else(|| ApiError::not_found(info, name))?;
+        if pinned.is_some_and(|rv| rv != cur.mod_revision) {
+            return Err(ApiError::conflict(info, name));
+        }
         let mut obj = parse_stored(&cur)?;
-        obj["spec"]["finalizers"] = json!([]);
-        if object::finalizers(&obj).is_empty() {
+        obj["spec"]["finalizers"] = json!(finalizers);
+        if object::meta_str(&obj, "deletionTimestamp").is_some()
+            && finalizers.is_empty()
+            && object::finalizers(&obj).is_empty()
+        {
             match server.store.delete(&key, Some(cur.mod_revision)).await {
-                Ok(_) | Err(StoreError::NotFound(_)) => return Ok(()),
-                Err(StoreError::Conflict { .. }) => continue,
+                Ok(_) | Err(StoreError::NotFound(_)) => return Ok(obj),
+                Err(StoreError::Conflict { .. }) if pinned.is_none() => continue,
                 Err(e) => return Err(store_error(info, name)(e)),
             }
         }
@@ -826,29 +836,10 @@ pub(crate) async fn finalize_namespace(server: &ApiServer, name: &str) -> Result
             .update(&key, to_store_bytes(&obj)?, cur.mod_revision)
             .await
         {
-            Ok(_) => return Ok(()),
-            Err(StoreError::Conflict { .. }) => continue,
+            Ok(rev) => return Ok(with_rv(obj, rev)),
+            Err(StoreError::Conflict { .. }) if pinned.is_none() => continue,
             Err(e) => return Err(store_error(info, name)(e)),
         }
     }
-    Ok(())
-}
-
-/// Delete with default options on behalf of the server (namespace cleanup).
-pub(crate) async fn delete_internal(
-    server: &ApiServer,
-    info: &'static ResourceInfo,
-    ns: Option<&str>,
-    name: &str,
-) -> Result<Value, ApiError> {
-    let opts = DeleteOptions {
-        grace: None,
-        propagation: None,
-        uid: None,
-        rv: None,
-        dry_run: false,
-    };
-    delete_one(server, info, ns, name, &opts)
-        .await
-        .map(|(v, _)| v)
+    Err(ApiError::conflict(info, name))
 }

@@ -594,13 +594,14 @@ fn subresource_paths(
                 ops
             }
             Subresource::Binding => vec![b.create_binding()],
+            Subresource::Finalize => vec![b.replace(Some(sub.name()))],
         };
         let mut params = item_params.to_vec();
         if let Some(name) = params.first_mut() {
             name.description = match sub {
                 Subresource::Binding => "name of the Binding".to_string(),
                 Subresource::Scale => "name of the Scale".to_string(),
-                Subresource::Status => format!("name of the {}", info.kind),
+                Subresource::Status | Subresource::Finalize => format!("name of the {}", info.kind),
             };
         }
         out.push(PathItem {

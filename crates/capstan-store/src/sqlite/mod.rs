@@ -8,9 +8,12 @@
 
 mod checkpoint;
 mod ops;
+mod snapshot;
+
+pub use snapshot::restore_snapshot;
 
 use crate::fanout::{Fanout, HISTORY_PAGE, spawn_watch};
-use crate::{KeyValue, ListResult, Result, Store, StoreError, WatchReceiver};
+use crate::{KeyValue, ListResult, Result, SnapshotInfo, Store, StoreError, WatchReceiver};
 use async_trait::async_trait;
 use checkpoint::Checkpointer;
 use ops::Writer;
@@ -235,5 +238,9 @@ impl Store for SqliteStore {
         };
         self.inner.compacted.fetch_max(revision, Ordering::AcqRel);
         self.sweep(oldest, revision).await
+    }
+
+    async fn snapshot(&self, dest: &Path) -> Result<SnapshotInfo> {
+        snapshot::take(self, dest).await
     }
 }
