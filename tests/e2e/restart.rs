@@ -122,10 +122,11 @@ fn kill_9_and_restart_keeps_every_object_and_resource_version() {
             .any(|l| l.starts_with("ConfigMap shop/cm-19 ")),
         "deleted object came back"
     );
-    assert_eq!(
-        list_revision(&server),
-        revision,
-        "the revision moved without a write"
+    // Leases (controller manager, API server identity) are renewed every few seconds, so the
+    // store revision moves on without user writes, as on upstream etcd; it never goes back.
+    assert!(
+        list_revision(&server) >= revision,
+        "the store revision went backwards across kill -9"
     );
     let data = server
         .kubectl(

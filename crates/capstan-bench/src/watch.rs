@@ -151,11 +151,11 @@ async fn watch_one(
         buf.extend_from_slice(&chunk);
         while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = buf.drain(..=pos).collect();
-            if let Some(index) = added_index(&line)? {
-                if received.get(index).is_some_and(Option::is_none) {
-                    received[index] = Some(at);
-                    remaining -= 1;
-                }
+            if let Some(index) = added_index(&line)?
+                && received.get(index).is_some_and(Option::is_none)
+            {
+                received[index] = Some(at);
+                remaining -= 1;
             }
         }
     }
