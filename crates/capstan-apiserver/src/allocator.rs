@@ -70,7 +70,7 @@ struct Reservation {
 }
 
 impl Reservation {
-    fn new(owner: &str) -> Vec<u8> {
+    fn encode_new(owner: &str) -> Vec<u8> {
         let r = Reservation {
             owner: owner.to_string(),
             reserved_at: jiff::Timestamp::now().as_second(),
@@ -142,7 +142,7 @@ impl ServiceAllocator {
 
     /// Create `key`; false when someone else holds it.
     async fn reserve(&self, key: &str, owner: &str) -> Result<bool, StoreError> {
-        match self.store.create(key, Reservation::new(owner)).await {
+        match self.store.create(key, Reservation::encode_new(owner)).await {
             Ok(_) => Ok(true),
             Err(StoreError::AlreadyExists(_)) => Ok(false),
             Err(e) => Err(e),
@@ -376,7 +376,7 @@ impl ServiceAllocator {
             }
             if let Some(h) = held.get(&kv.key) {
                 // Held by a Service other than the recorded owner: hand it over.
-                let value = Reservation::new(h);
+                let value = Reservation::encode_new(h);
                 if self
                     .store
                     .update(&kv.key, value, kv.mod_revision)

@@ -13,6 +13,12 @@ pub fn args_with_config_file(args: Vec<OsString>) -> anyhow::Result<Vec<OsString
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
         let s = a.to_string_lossy().to_string();
+        if s == "--" {
+            // Everything after `--` is a command line of its own (e.g. `sh -c ...`).
+            rest.push(a);
+            rest.extend(it.by_ref());
+            break;
+        }
         if s == "--config" || s == "-c" {
             path = Some(
                 it.next()
@@ -105,5 +111,15 @@ mod tests {
         assert!(out.contains(&"--disable-agent".to_string()));
         assert!(out.contains(&"--tls-san=10.0.0.1".to_string()));
         assert_eq!(out[out.len() - 2..], ["--https-port", "8443"]);
+    }
+
+    #[test]
+    fn arguments_after_double_dash_are_left_alone() {
+        let args: Vec<OsString> = ["capstan", "run-pod", "--", "sh", "-c", "echo hi"]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        let out = args_with_config_file(args.clone()).unwrap();
+        assert_eq!(out, args);
     }
 }
