@@ -16,5 +16,7 @@ pub mod pki;
 pub mod request;
 pub mod response;
 pub mod server;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use server::{ApiServer, Running, ServeError, ServerConfig, start};

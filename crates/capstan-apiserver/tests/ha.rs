@@ -2,68 +2,13 @@
 //! in-process model of an HA control plane: Service allocations never collide, one CA serves
 //! both, and the `kubernetes` Endpoints list every live server.
 
-use capstan_apiserver::{Running, ServerConfig};
+use capstan_apiserver::testing::TestServer;
 use capstan_store::{MemoryStore, Store};
 use k8s_openapi::api::core::v1::{Endpoints, Service};
 use kube::api::{Api, DeleteParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tempfile::TempDir;
-use tokio::sync::watch;
-
-/// One in-process API server with its own data dir; stopped on drop.
-struct TestServer {
-    running: Running,
-    stop: watch::Sender<bool>,
-    dir: TempDir,
-}
-
-impl TestServer {
-    async fn start(store: Arc<dyn Store>) -> TestServer {
-        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-        let dir = tempfile::tempdir().unwrap();
-        let config = ServerConfig {
-            data_dir: dir.path().to_path_buf(),
-            bind_address: "127.0.0.1".parse().unwrap(),
-            https_port: 0,
-            service_cidr: "10.43.0.0/16".into(),
-            node_port_range: (30000, 32767),
-            tls_sans: vec![],
-        };
-        let (stop, rx) = watch::channel(false);
-        let running = capstan_apiserver::start(config, store, rx).await.unwrap();
-        TestServer { running, stop, dir }
-    }
-
-    /// A client from this server's admin kubeconfig, pointed at `url` (default: this server).
-    async fn client_at(&self, url: Option<String>) -> kube::Client {
-        let kc = Kubeconfig::read_from(self.dir.path().join("admin.kubeconfig")).unwrap();
-        let mut config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-            .await
-            .unwrap();
-        if let Some(url) = url {
-            config.cluster_url = url.parse().unwrap();
-        }
-        kube::Client::try_from(config).unwrap()
-    }
-
-    async fn client(&self) -> kube::Client {
-        self.client_at(None).await
-    }
-
-    fn url(&self) -> String {
-        format!("https://{}", self.running.addr)
-    }
-
-    async fn shutdown(self) {
-        let _ = self.stop.send(true);
-        for t in self.running.tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
-        }
-    }
-}
 
 fn node_port_service(name: &str) -> Service {
     serde_json::from_value(serde_json::json!({
@@ -208,7 +153,7 @@ async fn servers_with_separate_data_dirs_serve_certificates_of_one_ca() {
         .await
         .unwrap();
     assert_eq!(svc.spec.unwrap().cluster_ip.as_deref(), Some("10.43.0.1"));
-    let ca = |s: &TestServer| std::fs::read_to_string(s.dir.path().join("tls/ca.crt")).unwrap();
+    let ca = |s: &TestServer| std::fs::read_to_string(s.data_dir().join("tls/ca.crt")).unwrap();
     assert_eq!(ca(&a), ca(&b));
     a.shutdown().await;
     b.shutdown().await;

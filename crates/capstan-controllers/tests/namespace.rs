@@ -2,56 +2,14 @@
 //! `kube-system/kube-controller-manager` Lease, and deleting a namespace deletes its content
 //! and then the namespace itself through the finalize subresource.
 
-use capstan_apiserver::{Running, ServerConfig};
+use capstan_apiserver::testing::TestServer;
 use capstan_store::{MemoryStore, Store};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use kube::api::{Api, DeleteParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tempfile::TempDir;
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-
-struct TestServer {
-    running: Running,
-    stop: watch::Sender<bool>,
-    dir: TempDir,
-}
-
-impl TestServer {
-    async fn start(store: Arc<dyn Store>) -> TestServer {
-        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-        let dir = tempfile::tempdir().unwrap();
-        let config = ServerConfig {
-            data_dir: dir.path().to_path_buf(),
-            bind_address: "127.0.0.1".parse().unwrap(),
-            https_port: 0,
-            service_cidr: "10.43.0.0/16".into(),
-            node_port_range: (30000, 32767),
-            tls_sans: vec![],
-        };
-        let (stop, rx) = watch::channel(false);
-        let running = capstan_apiserver::start(config, store, rx).await.unwrap();
-        TestServer { running, stop, dir }
-    }
-
-    async fn client(&self) -> kube::Client {
-        let kc = Kubeconfig::read_from(self.dir.path().join("admin.kubeconfig")).unwrap();
-        let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-            .await
-            .unwrap();
-        kube::Client::try_from(config).unwrap()
-    }
-
-    async fn shutdown(self) {
-        let _ = self.stop.send(true);
-        for t in self.running.tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
-        }
-    }
-}
 
 fn obj<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
     serde_json::from_value(v).unwrap()

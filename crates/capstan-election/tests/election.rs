@@ -2,15 +2,13 @@
 //! after a crash within the lease duration, immediate takeover after a graceful release, and
 //! a leader that cannot renew stops its work.
 
-use capstan_apiserver::{Running, ServerConfig};
+use capstan_apiserver::testing::TestServer;
 use capstan_election::{LeaderElector, LeaseTimings, Outcome};
 use capstan_store::{MemoryStore, Store};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tempfile::TempDir;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -20,45 +18,6 @@ const TIMINGS: LeaseTimings = LeaseTimings {
     renew_deadline: Duration::from_secs(4),
     retry_period: Duration::from_millis(500),
 };
-
-struct TestServer {
-    running: Running,
-    stop: watch::Sender<bool>,
-    dir: TempDir,
-}
-
-impl TestServer {
-    async fn start(store: Arc<dyn Store>) -> TestServer {
-        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-        let dir = tempfile::tempdir().unwrap();
-        let config = ServerConfig {
-            data_dir: dir.path().to_path_buf(),
-            bind_address: "127.0.0.1".parse().unwrap(),
-            https_port: 0,
-            service_cidr: "10.43.0.0/16".into(),
-            node_port_range: (30000, 32767),
-            tls_sans: vec![],
-        };
-        let (stop, rx) = watch::channel(false);
-        let running = capstan_apiserver::start(config, store, rx).await.unwrap();
-        TestServer { running, stop, dir }
-    }
-
-    async fn client(&self) -> kube::Client {
-        let kc = Kubeconfig::read_from(self.dir.path().join("admin.kubeconfig")).unwrap();
-        let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-            .await
-            .unwrap();
-        kube::Client::try_from(config).unwrap()
-    }
-
-    async fn shutdown(self) {
-        let _ = self.stop.send(true);
-        for t in self.running.tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
-        }
-    }
-}
 
 /// A running candidate: its leadership signal, its shutdown token, its task.
 struct Candidate {
