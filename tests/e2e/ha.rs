@@ -129,10 +129,10 @@ fn leadership_spans(log: &str) -> Vec<(String, Option<String>)> {
             .to_string();
         if line.contains("started leading") {
             spans.push((stamp, None));
-        } else if line.contains("stopped leading") {
-            if let Some(last) = spans.last_mut().filter(|s| s.1.is_none()) {
-                last.1 = Some(stamp);
-            }
+        } else if line.contains("stopped leading")
+            && let Some(last) = spans.last_mut().filter(|s| s.1.is_none())
+        {
+            last.1 = Some(stamp);
         }
     }
     spans
@@ -185,7 +185,7 @@ fn writes_survive_etcd_leader_and_server_kills_with_one_lease_holder() {
             rt.spawn(writer(
                 client.clone(),
                 urls[i].clone(),
-                *tag,
+                tag,
                 stop.clone(),
                 writes[i].clone(),
             ))

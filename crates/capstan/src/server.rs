@@ -144,6 +144,31 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
     })
 }
 
+/// Run the controller manager in-process against this server's API with the admin
+/// credentials it wrote; it leads only while holding `kube-system/kube-controller-manager`.
+async fn start_controller_manager(
+    data_dir: &std::path::Path,
+    stop: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let path = data_dir.join("admin.kubeconfig");
+    let kubeconfig = kube::config::Kubeconfig::read_from(&path)
+        .with_context(|| format!("reading {}", path.display()))?;
+    let config = kube::Config::from_custom_kubeconfig(
+        kubeconfig,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .context("controller manager client configuration")?;
+    let client = kube::Client::try_from(config).context("controller manager client")?;
+    let identity = capstan_election::default_identity();
+    tracing::info!(%identity, "starting the controller manager");
+    Ok(tokio::spawn(async move {
+        if let Err(e) = capstan_controllers::run_controller_manager(client, identity, stop).await {
+            tracing::error!(error = %e, "controller manager failed");
+        }
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,29 +236,4 @@ mod tests {
             Endpoint::Sqlite(PathBuf::from("/d/db/state.db"))
         );
     }
-}
-
-/// Run the controller manager in-process against this server's API with the admin
-/// credentials it wrote; it leads only while holding `kube-system/kube-controller-manager`.
-async fn start_controller_manager(
-    data_dir: &std::path::Path,
-    stop: tokio_util::sync::CancellationToken,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let path = data_dir.join("admin.kubeconfig");
-    let kubeconfig = kube::config::Kubeconfig::read_from(&path)
-        .with_context(|| format!("reading {}", path.display()))?;
-    let config = kube::Config::from_custom_kubeconfig(
-        kubeconfig,
-        &kube::config::KubeConfigOptions::default(),
-    )
-    .await
-    .context("controller manager client configuration")?;
-    let client = kube::Client::try_from(config).context("controller manager client")?;
-    let identity = capstan_election::default_identity();
-    tracing::info!(%identity, "starting the controller manager");
-    Ok(tokio::spawn(async move {
-        if let Err(e) = capstan_controllers::run_controller_manager(client, identity, stop).await {
-            tracing::error!(error = %e, "controller manager failed");
-        }
-    }))
 }

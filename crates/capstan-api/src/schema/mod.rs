@@ -271,14 +271,16 @@ mod tests {
 
     #[test]
     fn upstream_patch_tags() {
-        let cases: &[(
-            &str,
-            &str,
-            Option<&str>,
-            Option<&str>,
-            Option<&str>,
-            &[&str],
-        )] = &[
+        // (definition, field, patch strategy, merge key, list type, list map keys)
+        type Case<'a> = (
+            &'a str,
+            &'a str,
+            Option<&'a str>,
+            Option<&'a str>,
+            Option<&'a str>,
+            &'a [&'a str],
+        );
+        let cases: &[Case] = &[
             (
                 "io.k8s.api.core.v1.PodSpec",
                 "containers",
