@@ -180,7 +180,6 @@ async fn update_scale(
     Err(ApiError::conflict(info, name))
 }
 
-/// `pods/NAME/binding`: set spec.nodeName once, as the scheduler's bind does.
 /// PUT `namespaces/NAME/finalize`: only `spec.finalizers` of the body is taken.
 async fn finalize(
     server: &ApiServer,
@@ -207,13 +206,7 @@ async fn finalize(
             ));
         }
     };
-    let pinned = match ns["metadata"]["resourceVersion"].as_str() {
-        None | Some("") => None,
-        Some(rv) => Some(
-            rv.parse::<i64>()
-                .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {rv:?}")))?,
-        ),
-    };
+    let pinned = write::pinned_rv(&ns)?;
     if q.dry_run()? {
         let (mut cur, _) = current(server, rp).await?;
         cur["spec"]["finalizers"] = json!(finalizers);
@@ -223,6 +216,7 @@ async fn finalize(
     Ok(response::json(200, &obj))
 }
 
+/// `pods/NAME/binding`: set spec.nodeName once, as the scheduler's bind does.
 async fn bind(
     server: &ApiServer,
     rp: &ResourcePath,

@@ -412,7 +412,7 @@ pub(crate) enum Mutation {
     Update { obj: Value, pinned: Option<i64> },
 }
 
-fn pinned_rv(obj: &Value) -> Result<Option<i64>, ApiError> {
+pub(crate) fn pinned_rv(obj: &Value) -> Result<Option<i64>, ApiError> {
     match object::meta_str(obj, "resourceVersion") {
         None => Ok(None),
         Some(s) => s
