@@ -1,0 +1,1 @@
+//! Container environment: env, envFrom, valueFrom, `$(VAR)` expansion.

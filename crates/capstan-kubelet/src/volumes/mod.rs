@@ -1,0 +1,1 @@
+//! Pod volumes on the node.

@@ -1,0 +1,1 @@
+//! `capstan-scheduler` places pods on nodes (filled in by issue 6).
