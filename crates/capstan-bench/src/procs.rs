@@ -27,7 +27,7 @@ pub struct Proc {
 }
 
 impl Proc {
-    fn spawn(name: &'static str, mut cmd: Command, dir: TempDir) -> anyhow::Result<Proc> {
+    pub fn spawn(name: &'static str, mut cmd: Command, dir: TempDir) -> anyhow::Result<Proc> {
         let log = dir.path().join(format!("{name}.log"));
         let out = File::create(&log).context("create server log")?;
         let err = out.try_clone().context("clone server log handle")?;
@@ -128,7 +128,7 @@ pub fn free_port() -> anyhow::Result<u16> {
     Ok(listener.local_addr().context("local addr")?.port())
 }
 
-fn temp_dir(prefix: &str) -> anyhow::Result<TempDir> {
+pub fn temp_dir(prefix: &str) -> anyhow::Result<TempDir> {
     tempfile::Builder::new()
         .prefix(prefix)
         .tempdir()

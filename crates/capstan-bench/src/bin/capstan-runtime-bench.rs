@@ -3,6 +3,10 @@
 //! and `crun run` of the very same bundle and `podman run --network none` of the same image.
 //! Prints a markdown table and rewrites the runtime block of docs/benchmarks.md.
 
+#[path = "../block.rs"]
+mod block;
+#[path = "../podman.rs"]
+mod podman;
 #[allow(dead_code)]
 #[path = "../stats.rs"]
 mod stats;
@@ -20,6 +24,7 @@ use capstan_runtime::cri::runtime_service::{
 };
 use capstan_runtime::image::ImageStore;
 use clap::Parser;
+use podman::Podman;
 use stats::{ms, percentile};
 
 const IMAGE: &str = "bench.local/busybox:latest";
@@ -95,7 +100,7 @@ fn main() -> anyhow::Result<()> {
     let table = render(&rows, &remove, &phases, &args);
     println!("{table}");
     if let Some(path) = &args.output {
-        write_block(path, &table)?;
+        block::write_block(path, START, END, &table)?;
         eprintln!("wrote {}", path.display());
     }
     Ok(())
@@ -219,49 +224,15 @@ async fn measure(
 }
 
 fn podman(work: &Path, archive: &Path, args: &Args) -> anyhow::Result<Vec<Duration>> {
-    let conf = work.join("containers.conf");
-    // Within this host's hard limits (nofile 20000, nproc 96364); podman's defaults ask for more.
-    std::fs::write(
-        &conf,
-        "[containers]\ndefault_ulimits = [\"nofile=1024:1024\", \"nproc=4096:4096\"]\n\n[engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n",
-    )?;
-    let root = work.join("podman-root");
-    let runroot = work.join("podman-runroot");
-    let podman = |extra: &[&str]| {
-        let mut c = Command::new("podman");
-        c.env("CONTAINERS_CONF", &conf)
-            .arg("--root")
-            .arg(&root)
-            .arg("--runroot")
-            .arg(&runroot)
-            .args(extra)
-            .stdin(Stdio::null());
-        c
-    };
-    let out = podman(&["load", "-q", "-i"])
-        .arg(archive)
-        .output()
-        .context("running podman")?;
-    if !out.status.success() {
-        bail!(
-            "podman load failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let loaded = String::from_utf8_lossy(&out.stdout);
-    let image = loaded
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("Loaded image: ")
-                .or_else(|| l.strip_prefix("Loaded image(s): "))
-        })
-        .map(|s| s.trim().to_string())
-        .context("podman load printed no image name")?;
+    let podman = Podman::new(work)?;
+    let image = podman.load(archive)?;
     let mut samples = Vec::new();
     let mut result = Ok(());
     for i in 0..args.warmup + args.runs {
         let t = Instant::now();
-        let out = podman(&["run", "--network", "none", &image, "true"]).output()?;
+        let out = podman
+            .cmd(&["run", "--network", "none", &image, "true"])
+            .output()?;
         let took = t.elapsed();
         if !out.status.success() {
             result = Err(anyhow::anyhow!(
@@ -274,19 +245,7 @@ fn podman(work: &Path, archive: &Path, args: &Args) -> anyhow::Result<Vec<Durati
             samples.push(took);
         }
     }
-    let _ = podman(&["rm", "-a", "-f"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    let _ = podman(&["rmi", "-a", "-f"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    // podman's overlay storage keeps mounts under its root until reset.
-    let _ = podman(&["system", "reset", "-f"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
+    podman.reset();
     result.map(|()| samples)
 }
 
@@ -346,15 +305,4 @@ fn render(rows: &[Row], remove: &[Duration], phases: &[Duration; 3], args: &Args
         ms(phases[2])
     ));
     t
-}
-
-fn write_block(path: &Path, table: &str) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let block = format!("{START}\n{table}{END}");
-    let new = match (text.find(START), text.find(END)) {
-        (Some(a), Some(b)) if b > a => format!("{}{block}{}", &text[..a], &text[b + END.len()..]),
-        _ => format!("{}\n\n{block}\n", text.trim_end()),
-    };
-    std::fs::write(path, new)?;
-    Ok(())
 }
