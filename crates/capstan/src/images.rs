@@ -40,6 +40,13 @@ pub enum ImagesCommand {
     Import { files: Vec<PathBuf> },
     /// Pull an image from a registry.
     Pull(PullArgs),
+    /// Build a small image from the host's busybox-static (`/bin/busybox`) and import it: a
+    /// working image on a machine with no registry in reach (demos, tests).
+    BuildBusybox {
+        /// The name to give it; the default lets pods say `image: busybox`.
+        #[arg(default_value = "docker.io/library/busybox:latest")]
+        reference: String,
+    },
     /// List images.
     #[command(alias = "list")]
     Ls {
@@ -81,6 +88,7 @@ pub fn run(args: ImagesArgs) -> anyhow::Result<()> {
     match args.command {
         ImagesCommand::Import { files } => import(&store, &files),
         ImagesCommand::Pull(p) => pull(store, &args.data_dir, p),
+        ImagesCommand::BuildBusybox { reference } => build_busybox(&store, &reference),
         ImagesCommand::Ls { quiet, json } => list(&store, quiet, json),
         ImagesCommand::Inspect { reference } => inspect(&store, &reference),
         ImagesCommand::Rm { references } => remove(&store, &references),
@@ -115,6 +123,14 @@ fn import(store: &ImageStore, files: &[PathBuf]) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn build_busybox(store: &ImageStore, reference: &str) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir().context("creating a temporary directory")?;
+    let archive = dir.path().join("busybox.tar");
+    capstan_runtime::testimage::busybox_oci_archive(&archive, reference)
+        .context("building the busybox image (is busybox-static installed?)")?;
+    import(store, &[archive])
 }
 
 fn pull(store: ImageStore, data_dir: &Path, p: PullArgs) -> anyhow::Result<()> {
