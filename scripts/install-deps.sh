@@ -6,13 +6,14 @@ set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
 # build: compiler, linker, pkg-config; protoc + well-known .proto files for tonic-prost-build
-# (etcd-client). runtime (later issues): OCI runtimes, CNI plugins, nft, ip, etcd for the etcd
+# (etcd-client). runtime: OCI runtimes, CNI plugins (iptables for their masquerade and hostPort
+# rules), nft, ip, etcd for the etcd
 # store backend, busybox-static to build test images without downloading any, docker-registry and
 # apache2-utils (htpasswd) for image pull tests, podman as the runtime benchmark's peer.
 PACKAGES=(
     build-essential pkg-config ca-certificates curl diffutils procps
     protobuf-compiler libprotobuf-dev
-    runc crun containernetworking-plugins nftables iproute2 etcd-server etcd-client busybox-static
+    runc crun containernetworking-plugins nftables iptables iproute2 etcd-server etcd-client busybox-static
     docker-registry apache2-utils
     podman
 )

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One command from a fresh Debian 12 machine (as root) to a running all-in-one Capstan cluster:
-# installs missing packages, builds the release binary, (re)starts `capstan server` in the
-# background and waits until it is ready. Safe to run again: it restarts the server cleanly.
+# installs missing packages, builds the release binary, (re)starts `capstan server` (control
+# plane plus the local node's agent) in the background, waits until it is ready and its node is
+# Ready, then runs a first pod and shows it answering. Safe to run again: it restarts cleanly.
 #
 # Environment overrides: CAPSTAN_DATA_DIR (/var/lib/capstan), CAPSTAN_HTTPS_PORT (6443),
 # CAPSTAN_LOG (/var/log/capstan.log), CAPSTAN_PID_FILE (/run/capstan.pid),
@@ -35,7 +36,6 @@ start_server() {
         --data-dir "$DATA_DIR" \
         --https-port "$HTTPS_PORT" \
         --bind-address 127.0.0.1 \
-        --disable-agent \
         </dev/null >>"$LOG_FILE" 2>&1 &
     echo "$!" >"$PID_FILE"
 }
@@ -62,15 +62,37 @@ server_ready() {
     [ "$out" = "ok" ]
 }
 
+kc() { KUBECONFIG="$KUBECONFIG_FILE" "$(kubectl_bin)" "$@"; }
+
+node_ready() {
+    [ "$(kc get nodes -o 'jsonpath={.items[*].status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = "True" ]
+}
+
+pod_ready() {
+    [ "$(kc get pod hello -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = "True" ]
+}
+
+# The demo: a busybox image built from the host's busybox-static (no registry needed), one pod
+# serving its name over HTTP on its pod IP.
 show_cluster() {
-    local kubectl
-    kubectl="$(kubectl_bin)"
-    if [ -z "$kubectl" ]; then
+    if [ -z "$(kubectl_bin)" ]; then
         log "kubectl is not installed; the cluster is up at https://127.0.0.1:$HTTPS_PORT"
         return
     fi
-    log "KUBECONFIG=$KUBECONFIG_FILE kubectl get ns"
-    KUBECONFIG="$KUBECONFIG_FILE" "$kubectl" get ns
+    wait_for "$READY_TIMEOUT" "the node to become Ready" node_ready ||
+        { tail -n 30 "$LOG_FILE" >&2; exit 1; }
+    log "kubectl get nodes -o wide"
+    kc get nodes -o wide
+    kc delete pod hello --ignore-not-found --wait=true >/dev/null
+    log "kubectl apply -f tests/e2e/fixtures/hello-pod.yaml"
+    kc apply -f "$REPO_ROOT/tests/e2e/fixtures/hello-pod.yaml"
+    wait_for "$READY_TIMEOUT" "pod hello to become Ready" pod_ready ||
+        { kc describe pod hello >&2; exit 1; }
+    kc get pod hello -o wide
+    local ip
+    ip="$(kc get pod hello -o 'jsonpath={.status.podIP}')"
+    log "curl http://$ip:8080/  (the pod's IP, from the host)"
+    curl -s --max-time 5 "http://$ip:8080/" || log "the pod did not answer on $ip:8080"
 }
 
 print_usage() {
@@ -79,9 +101,9 @@ print_usage() {
 Capstan is running (pid $(cat "$PID_FILE"), API https://127.0.0.1:$HTTPS_PORT).
 
   export KUBECONFIG=$KUBECONFIG_FILE
-  kubectl get ns
+  kubectl get nodes,pods -o wide
+  kubectl logs hello; kubectl exec -it hello -- sh
   kubectl apply -f $REPO_ROOT/tests/e2e/fixtures/app.yaml
-  kubectl get deploy,svc -A
 
 Logs:     tail -f $LOG_FILE
 Stop:     sudo $REPO_ROOT/scripts/stop.sh
@@ -95,6 +117,8 @@ main() {
     load_rust_env
     build_and_install
     "$REPO_ROOT/scripts/stop.sh"
+    mkdir -p "$DATA_DIR"
+    "$BIN" images build-busybox --data-dir "$DATA_DIR" >/dev/null
     start_server
     log "waiting up to ${READY_TIMEOUT}s for /readyz"
     wait_for "$READY_TIMEOUT" "capstan server to become ready" server_ready ||

@@ -155,6 +155,121 @@ pub struct ServerOptions {
     pub datastore_endpoint: Option<String>,
     /// More flags for `capstan server`.
     pub extra_args: Vec<String>,
+    /// Run the local node agent (no `--disable-agent`) with a node name, kubelet port, pod
+    /// CIDR, bridge, run dir, pod log dir and cgroup parent unique to this server; its pods,
+    /// mounts, netns and bridge are removed on drop.
+    pub agent: bool,
+    /// Image archives imported (`capstan images import`) before the first start.
+    pub import_images: Vec<PathBuf>,
+}
+
+/// The node settings of a server started with [`ServerOptions::agent`].
+#[derive(Clone, Debug)]
+pub struct NodeSettings {
+    pub name: String,
+    pub kubelet_port: u16,
+    pub pod_cidr: String,
+    pub bridge: String,
+    pub run_dir: PathBuf,
+    pub cgroup_parent: String,
+    pub pod_log_dir: PathBuf,
+}
+
+impl NodeSettings {
+    /// Settings no other test uses; logs under `data_dir`.
+    pub fn unique(data_dir: &Path) -> NodeSettings {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let pid = std::process::id();
+        let tag = format!("{}x{n}", pid % 100_000);
+        NodeSettings {
+            name: format!("e2e-node-{tag}"),
+            kubelet_port: free_port(),
+            pod_cidr: format!("10.{}.{}.0/24", 200 + pid % 50, n % 256),
+            bridge: format!("cpe{tag}"),
+            run_dir: PathBuf::from(format!("/run/capstan-e2e-{tag}")),
+            cgroup_parent: format!("/capstan-e2e-{tag}"),
+            pod_log_dir: data_dir.join("pod-logs"),
+        }
+    }
+
+    /// The node flags of `capstan server` / `capstan agent`.
+    pub fn args(&self) -> Vec<String> {
+        vec![
+            "--node-name".into(),
+            self.name.clone(),
+            "--node-ip".into(),
+            "127.0.0.1".into(),
+            "--kubelet-port".into(),
+            self.kubelet_port.to_string(),
+            "--pod-cidr".into(),
+            self.pod_cidr.clone(),
+            "--cni-bridge".into(),
+            self.bridge.clone(),
+            "--run-dir".into(),
+            self.run_dir.display().to_string(),
+            "--cgroup-parent".into(),
+            self.cgroup_parent.clone(),
+            "--pod-log-dir".into(),
+            self.pod_log_dir.display().to_string(),
+        ]
+    }
+
+    /// Removes the node's pods (CNI DEL, sandboxes, containers, volumes), bridge, run dir
+    /// and cgroups; the server must be dead.
+    pub fn clean_up(&self, data_dir: &Path) {
+        let mut config = capstan_kubelet::AgentConfig::new(
+            self.name.clone(),
+            std::net::IpAddr::from([127, 0, 0, 1]),
+            data_dir.to_path_buf(),
+            PathBuf::from(env!("CARGO_BIN_EXE_capstan")),
+        );
+        config.run_dir = self.run_dir.clone();
+        config.cgroup_parent = self.cgroup_parent.clone();
+        config.pod_log_dir = self.pod_log_dir.clone();
+        config.cni_bridge = self.bridge.clone();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime for clean-up");
+        if let Err(e) = rt.block_on(capstan_kubelet::agent::remove_all_pods(&config)) {
+            eprintln!("e2e clean-up of node {}: {e}", self.name);
+        }
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .stderr(Stdio::null())
+            .status();
+        // Whatever is still mounted under the run dir (netns bind mounts) goes with it.
+        if let Ok(mounts) = fs::read_to_string("/proc/self/mounts") {
+            let run = self.run_dir.display().to_string();
+            let mut targets: Vec<&str> = mounts
+                .lines()
+                .filter_map(|l| l.split_whitespace().nth(1))
+                .filter(|t| t.starts_with(&run))
+                .collect();
+            targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
+            for t in targets {
+                let _ = Command::new("umount").args(["-l", t]).status();
+            }
+        }
+        let _ = fs::remove_dir_all(&self.run_dir);
+        remove_cgroup_tree(
+            &Path::new("/sys/fs/cgroup").join(self.cgroup_parent.trim_start_matches('/')),
+        );
+    }
+}
+
+/// rmdir a cgroup and its children, deepest first.
+fn remove_cgroup_tree(dir: &Path) {
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&e.path());
+            }
+        }
+    }
+    let _ = fs::remove_dir(dir);
 }
 
 /// A `capstan server --disable-agent` child process with its own data dir and port.
@@ -168,6 +283,8 @@ pub struct Server {
     args: Vec<String>,
     /// The server's own etcd when the run uses [`Datastore::Etcd`]; dropped after the server.
     _etcd: Option<EtcdCluster>,
+    /// The local agent's settings when started with [`ServerOptions::agent`].
+    node: Option<NodeSettings>,
 }
 
 impl Server {
@@ -203,6 +320,20 @@ impl Server {
             .tempdir()
             .expect("create scratch dir");
         fs::create_dir_all(scratch.path().join("home")).expect("create kubectl HOME");
+        for archive in &options.import_images {
+            let out = run(
+                {
+                    let mut cmd = Command::new(env!("CARGO_BIN_EXE_capstan"));
+                    cmd.args(["images", "import", "--data-dir"])
+                        .arg(data_dir.path())
+                        .arg(archive);
+                    cmd
+                },
+                None,
+            );
+            assert!(out.status.success(), "image import failed: {out}");
+        }
+        let node = options.agent.then(|| NodeSettings::unique(data_dir.path()));
         let mut server = Server {
             child: None,
             port: free_port(),
@@ -211,6 +342,7 @@ impl Server {
             starts: 0,
             args,
             _etcd: etcd,
+            node,
         };
         server.spawn_and_wait();
         server
@@ -307,7 +439,11 @@ impl Server {
             .arg("--data-dir")
             .arg(self.data_dir())
             .args(["--https-port", &self.port.to_string()])
-            .args(["--bind-address", "127.0.0.1", "--disable-agent"])
+            .args(["--bind-address", "127.0.0.1"])
+            .args(match &self.node {
+                Some(node) => node.args(),
+                None => vec!["--disable-agent".to_string()],
+            })
             .args(&self.args)
             .env(
                 "RUST_LOG",
@@ -373,6 +509,16 @@ impl Drop for Server {
         if thread::panicking() {
             eprintln!("--- capstan server log (tail) ---\n{}", self.log_tail(60));
         }
+        if let Some(node) = &self.node {
+            node.clean_up(self.data_dir.path());
+        }
+    }
+}
+
+impl Server {
+    /// The local agent's node settings (servers started with [`ServerOptions::agent`]).
+    pub fn node(&self) -> &NodeSettings {
+        self.node.as_ref().expect("server started with agent: true")
     }
 }
 

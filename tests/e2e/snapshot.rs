@@ -445,6 +445,7 @@ fn scheduled_snapshots_keep_only_the_newest_retention_count() {
             "--snapshot-dir".into(),
             path_str(dir).into(),
         ],
+        ..Default::default()
     });
     server
         .kubectl(K, &["create", "namespace", "scheduled"], None)

@@ -12,6 +12,14 @@ pub enum Subresource {
     Binding,
     /// `namespaces/finalize`: replaces `spec.finalizers` (the namespace controller's exit).
     Finalize,
+    /// `pods/log`: the container's log, proxied to the node's kubelet.
+    Log,
+    /// `pods/exec`: a command in a container (upgraded stream, proxied to the kubelet).
+    Exec,
+    /// `pods/attach`: the container's stdio (upgraded stream, proxied to the kubelet).
+    Attach,
+    /// `pods/portforward`: TCP to the pod's ports (upgraded stream, proxied to the kubelet).
+    PortForward,
 }
 
 impl Subresource {
@@ -21,6 +29,10 @@ impl Subresource {
             Subresource::Scale => "scale",
             Subresource::Binding => "binding",
             Subresource::Finalize => "finalize",
+            Subresource::Log => "log",
+            Subresource::Exec => "exec",
+            Subresource::Attach => "attach",
+            Subresource::PortForward => "portforward",
         }
     }
 }
@@ -109,6 +121,15 @@ const NO_DC: &[&str] = &[
 const ST: &[Subresource] = &[Subresource::Status];
 const ST_SCALE: &[Subresource] = &[Subresource::Status, Subresource::Scale];
 const NONE: &[Subresource] = &[];
+/// Upstream's pod subresources, in discovery order (attach, binding, exec, log, portforward, status).
+const POD_SUBS: &[Subresource] = &[
+    Subresource::Attach,
+    Subresource::Binding,
+    Subresource::Exec,
+    Subresource::Log,
+    Subresource::PortForward,
+    Subresource::Status,
+];
 const ALL: &[&str] = &["all"];
 
 macro_rules! res {
@@ -132,7 +153,7 @@ macro_rules! res {
 #[rustfmt::skip]
 pub static RESOURCES: &[ResourceInfo] = &[
     res!("", "v1", "Namespace", "namespaces", "namespace", false, &["ns"], &[], NO_DC, &[Subresource::Finalize, Subresource::Status]),
-    res!("", "v1", "Pod", "pods", "pod", true, &["po"], ALL, RW, &[Subresource::Status, Subresource::Binding]),
+    res!("", "v1", "Pod", "pods", "pod", true, &["po"], ALL, RW, POD_SUBS),
     res!("", "v1", "Node", "nodes", "node", false, &["no"], &[], RW, ST),
     res!("", "v1", "Service", "services", "service", true, &["svc"], ALL, RW, ST),
     res!("", "v1", "Endpoints", "endpoints", "endpoints", true, &["ep"], &[], RW, NONE),

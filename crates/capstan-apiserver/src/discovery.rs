@@ -106,6 +106,12 @@ fn subresource_entries(
             ),
             Subresource::Binding => (*s, "Binding", "", "v1", vec!["create"]),
             Subresource::Finalize => (*s, r.kind, r.group, r.version, vec!["update"]),
+            Subresource::Log => (*s, "Pod", "", "v1", vec!["get"]),
+            Subresource::Exec => (*s, "PodExecOptions", "", "v1", vec!["create", "get"]),
+            Subresource::Attach => (*s, "PodAttachOptions", "", "v1", vec!["create", "get"]),
+            Subresource::PortForward => {
+                (*s, "PodPortForwardOptions", "", "v1", vec!["create", "get"])
+            }
         })
         .collect()
 }

@@ -53,6 +53,10 @@ fn sub_of(s: &str) -> Option<Subresource> {
         "scale" => Some(Subresource::Scale),
         "binding" => Some(Subresource::Binding),
         "finalize" => Some(Subresource::Finalize),
+        "log" => Some(Subresource::Log),
+        "exec" => Some(Subresource::Exec),
+        "attach" => Some(Subresource::Attach),
+        "portforward" => Some(Subresource::PortForward),
         _ => None,
     }
 }

@@ -1,13 +1,17 @@
 //! The `capstan` binary: command-line parsing and wiring of the component crates; no logic of
 //! its own beyond that.
 
+mod agent;
 mod config;
 mod datastore;
+mod explain;
 mod images;
 mod pause;
 mod ps;
+mod scheduler;
 mod server;
 mod shim;
+mod simulate;
 
 use clap::{Parser, Subcommand};
 
@@ -29,8 +33,16 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the control plane (API server on the embedded store) and, later, a local agent.
-    Server(server::ServerArgs),
+    /// Run the control plane (API server on the embedded store) and a local agent.
+    Server(Box<server::ServerArgs>),
+    /// Run the node agent (kubelet) against an existing server.
+    Agent(agent::AgentArgs),
+    /// Run a scheduler on its own against an existing cluster (another schedulerName, benchmarks).
+    Scheduler(scheduler::SchedulerArgs),
+    /// Register simulated nodes that run pods without containers (the kwok role).
+    SimulateNodes(simulate::SimulateArgs),
+    /// Explain scheduling decisions: `explain pod NAME -n NS`.
+    Explain(explain::ExplainArgs),
     /// Datastore maintenance: snapshots (save, restore, ls).
     Datastore(datastore::DatastoreArgs),
     /// The node's image store: import, pull, ls, inspect, rm.
@@ -72,7 +84,11 @@ fn main() -> anyhow::Result<()> {
         .install_default()
         .map_err(|_| anyhow::anyhow!("installing the TLS crypto provider"))?;
     match cli.command {
-        Command::Server(a) => server::run(a),
+        Command::Server(a) => server::run(*a),
+        Command::Agent(a) => agent::run(a),
+        Command::Scheduler(a) => scheduler::run(a),
+        Command::SimulateNodes(a) => simulate::run(a),
+        Command::Explain(a) => explain::run(a),
         Command::Datastore(a) => datastore::run(a),
         Command::Images(a) => images::run(a),
         Command::Ps(a) => ps::run(a),

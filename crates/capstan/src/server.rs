@@ -26,6 +26,12 @@ pub struct ServerArgs {
     /// Run the control plane only, without a local agent.
     #[arg(long)]
     pub disable_agent: bool,
+    /// Do not run the scheduler in this server.
+    #[arg(long)]
+    pub disable_scheduler: bool,
+    /// CIDR from which node IPAM gives each node its pod CIDR (a /24 each).
+    #[arg(long, default_value = "10.42.0.0/16")]
+    pub cluster_cidr: String,
     /// CIDR from which Services get ClusterIPs.
     #[arg(long, default_value = "10.43.0.0/16")]
     pub service_cidr: String,
@@ -39,6 +45,8 @@ pub struct ServerArgs {
     pub datastore: DatastoreFlags,
     #[command(flatten)]
     pub snapshots: SnapshotScheduleFlags,
+    #[command(flatten)]
+    pub node: crate::agent::NodeFlags,
 }
 
 fn port_range(s: &str) -> anyhow::Result<(u16, u16)> {
@@ -120,18 +128,38 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
             );
             tasks.push(policy.spawn(store, shutdown_rx));
         }
-        if !args.disable_agent {
-            tracing::warn!("the node agent is not part of this build yet; running the control plane only (as with --disable-agent)");
-        }
+        let agent_stop = tokio_util::sync::CancellationToken::new();
+        let agent = if args.disable_agent {
+            None
+        } else {
+            Some(start_agent(&args, agent_stop.clone()).await?)
+        };
         let controllers_stop = tokio_util::sync::CancellationToken::new();
-        let controllers = start_controller_manager(&args.data_dir, controllers_stop.clone()).await?;
+        let controllers = start_controller_manager(&args, controllers_stop.clone()).await?;
+        let scheduler_stop = tokio_util::sync::CancellationToken::new();
+        let scheduler = if args.disable_scheduler {
+            None
+        } else {
+            Some(crate::scheduler::start_scheduler(&args.data_dir, scheduler_stop.clone()).await?)
+        };
         tracing::info!(addr = %running.addr, "capstan server ready");
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("installing SIGTERM handler")?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing SIGTERM handler")?;
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }
         tracing::info!("shutting down");
+        // The agent first: its containers keep running, its API calls still get answers.
+        agent_stop.cancel();
+        if let Some(agent) = agent {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), agent).await;
+        }
+        // The scheduler too releases its Lease while the API still serves.
+        scheduler_stop.cancel();
+        if let Some(scheduler) = scheduler {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), scheduler).await;
+        }
         // Controllers first, while the API still serves, so their Lease is released.
         controllers_stop.cancel();
         let _ = tokio::time::timeout(std::time::Duration::from_secs(10), controllers).await;
@@ -144,26 +172,52 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
     })
 }
 
+/// A client with the admin credentials the API server wrote into `data_dir`.
+async fn admin_client(data_dir: &std::path::Path) -> anyhow::Result<kube::Client> {
+    crate::explain::client_from(&data_dir.join("admin.kubeconfig")).await
+}
+
+/// Run the node agent in-process for this server's own node (with the default --cluster-cidr,
+/// pod CIDR 10.42.0.0/24 unless --pod-cidr, the subnet node IPAM gives the first node; else
+/// whatever node IPAM assigns); a failing agent is logged and leaves the control plane running.
+async fn start_agent(
+    args: &ServerArgs,
+    stop: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let mut config = args.node.agent_config(
+        args.data_dir.clone(),
+        (args.cluster_cidr == "10.42.0.0/16").then_some("10.42.0.0/24"),
+    )?;
+    config
+        .node_labels
+        .entry("node-role.kubernetes.io/control-plane".into())
+        .or_insert_with(|| "true".into());
+    let client = admin_client(&args.data_dir).await?;
+    tracing::info!(node = %config.node_name, "starting the node agent");
+    Ok(tokio::spawn(async move {
+        if let Err(e) = capstan_kubelet::run_agent(config, client, stop).await {
+            tracing::error!(error = %e, "node agent failed");
+        }
+    }))
+}
+
 /// Run the controller manager in-process against this server's API with the admin
 /// credentials it wrote; it leads only while holding `kube-system/kube-controller-manager`.
 async fn start_controller_manager(
-    data_dir: &std::path::Path,
+    args: &ServerArgs,
     stop: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let path = data_dir.join("admin.kubeconfig");
-    let kubeconfig = kube::config::Kubeconfig::read_from(&path)
-        .with_context(|| format!("reading {}", path.display()))?;
-    let config = kube::Config::from_custom_kubeconfig(
-        kubeconfig,
-        &kube::config::KubeConfigOptions::default(),
-    )
-    .await
-    .context("controller manager client configuration")?;
-    let client = kube::Client::try_from(config).context("controller manager client")?;
+    let client = admin_client(&args.data_dir).await?;
     let identity = capstan_election::default_identity();
-    tracing::info!(%identity, "starting the controller manager");
+    let options = capstan_controllers::ControllerOptions {
+        cluster_cidr: args.cluster_cidr.clone(),
+        ..Default::default()
+    };
+    tracing::info!(%identity, cluster_cidr = %options.cluster_cidr, "starting the controller manager");
     Ok(tokio::spawn(async move {
-        if let Err(e) = capstan_controllers::run_controller_manager(client, identity, stop).await {
+        if let Err(e) =
+            capstan_controllers::run_controller_manager_with(client, identity, options, stop).await
+        {
             tracing::error!(error = %e, "controller manager failed");
         }
     }))

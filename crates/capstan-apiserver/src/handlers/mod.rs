@@ -1,5 +1,6 @@
 //! Request handlers for served resources: verbs dispatched by method and URL shape.
 
+mod proxy;
 mod read;
 mod strategy;
 mod sub;
@@ -139,6 +140,12 @@ async fn handle_inner(
 ) -> Result<http::Response<Body>, ApiError> {
     let info = rp.info();
     let method = req.method().clone();
+    if let Some(sub) = rp.subresource.filter(|s| proxy::is_proxied(*s)) {
+        if !info.has_subresource(sub) || rp.name.is_none() || rp.namespace.is_none() {
+            return Err(ApiError::path_not_found(""));
+        }
+        return proxy::handle(server, &rp, sub, req, &q).await;
+    }
     let (parts, body) = req.into_parts();
     let headers = parts.headers;
     let verb_allowed = |v: &str| -> Result<(), ApiError> {

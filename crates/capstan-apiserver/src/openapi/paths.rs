@@ -595,13 +595,20 @@ fn subresource_paths(
             }
             Subresource::Binding => vec![b.create_binding()],
             Subresource::Finalize => vec![b.replace(Some(sub.name()))],
+            // Connect operations (streamed, proxied to the kubelet) are not described yet.
+            Subresource::Log
+            | Subresource::Exec
+            | Subresource::Attach
+            | Subresource::PortForward => {
+                continue;
+            }
         };
         let mut params = item_params.to_vec();
         if let Some(name) = params.first_mut() {
             name.description = match sub {
                 Subresource::Binding => "name of the Binding".to_string(),
                 Subresource::Scale => "name of the Scale".to_string(),
-                Subresource::Status | Subresource::Finalize => format!("name of the {}", info.kind),
+                _ => format!("name of the {}", info.kind),
             };
         }
         out.push(PathItem {
