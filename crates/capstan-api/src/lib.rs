@@ -9,6 +9,7 @@ pub mod apply;
 pub mod defaults;
 pub mod patch;
 pub mod protobuf;
+pub mod quantity;
 pub mod resources;
 pub mod schema;
 pub mod selectors;

@@ -1,6 +1,7 @@
 //! Container environment: service links, envFrom, env with valueFrom (configMapKeyRef,
 //! secretKeyRef, fieldRef, resourceFieldRef) and `$(VAR)` expansion, with upstream's semantics.
 
+use crate::resources::parse_quantity;
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Container, Pod, Service};
@@ -288,37 +289,6 @@ pub(crate) fn resource_field(
         value.ceil() / divisor.ceil()
     };
     Ok(format!("{}", units.ceil() as i64))
-}
-
-/// A quantity in base units (cores, bytes); None when it does not parse.
-pub(crate) fn parse_quantity(q: &str) -> Option<f64> {
-    let q = q.trim();
-    let split = q
-        .find(|c: char| !(c.is_ascii_digit() || matches!(c, '.' | '+' | '-')))
-        .unwrap_or(q.len());
-    let (number, suffix) = q.split_at(split);
-    let n: f64 = number.parse().ok()?;
-    let multiplier = match suffix {
-        "" => 1.0,
-        "n" => 1e-9,
-        "u" => 1e-6,
-        "m" => 1e-3,
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "P" => 1e15,
-        "E" => 1e18,
-        "Ki" => 1024.0,
-        "Mi" => 1024f64.powi(2),
-        "Gi" => 1024f64.powi(3),
-        "Ti" => 1024f64.powi(4),
-        "Pi" => 1024f64.powi(5),
-        "Ei" => 1024f64.powi(6),
-        s if s.starts_with(['e', 'E']) => 10f64.powi(s[1..].parse().ok()?),
-        _ => return None,
-    };
-    Some(n * multiplier)
 }
 
 /// Upstream's `$(VAR)` expansion: `$(NAME)` is replaced when NAME is in `env` (last wins),

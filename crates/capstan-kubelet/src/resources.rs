@@ -12,36 +12,7 @@ pub const CPU_PERIOD: i64 = 100_000;
 const MIN_SHARES: i64 = 2;
 const MIN_QUOTA: i64 = 1000;
 
-/// A quantity as a number of base units (cores, bytes); None when it does not parse.
-pub fn parse_quantity(q: &str) -> Option<f64> {
-    let q = q.trim();
-    let split = q
-        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
-        .unwrap_or(q.len());
-    let (number, suffix) = q.split_at(split);
-    let n: f64 = number.parse().ok()?;
-    let multiplier = match suffix {
-        "" => 1.0,
-        "n" => 1e-9,
-        "u" => 1e-6,
-        "m" => 1e-3,
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "P" => 1e15,
-        "E" => 1e18,
-        "Ki" => 1024.0,
-        "Mi" => 1024f64.powi(2),
-        "Gi" => 1024f64.powi(3),
-        "Ti" => 1024f64.powi(4),
-        "Pi" => 1024f64.powi(5),
-        "Ei" => 1024f64.powi(6),
-        s if s.starts_with(['e', 'E']) => 10f64.powi(s[1..].parse().ok()?),
-        _ => return None,
-    };
-    Some(n * multiplier)
-}
+pub use capstan_api::quantity::parse as parse_quantity;
 
 fn get(map: &Option<BTreeMap<String, Quantity>>, key: &str) -> Option<f64> {
     map.as_ref()?.get(key).and_then(|q| parse_quantity(&q.0))

@@ -9,40 +9,7 @@ pub const DEFAULT_MILLI_CPU: i64 = 100;
 /// Memory assumed for a container without a memory request when scoring (200Mi).
 pub const DEFAULT_MEMORY: i64 = 200 * 1024 * 1024;
 
-/// Parses a Kubernetes quantity ("100m", "1.5", "128Mi", "1e3", "2k") into base units.
-pub fn parse_quantity(text: &str) -> Option<f64> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| c.is_ascii_alphabetic() && c != 'e' && c != 'E')
-        .unwrap_or(text.len());
-    let (num, suffix) = text.split_at(split);
-    // "1E" is exa, not an exponent: a trailing E/e with no digits after belongs to the suffix.
-    let (num, suffix) = match num.strip_suffix(['e', 'E']) {
-        Some(n) if suffix.is_empty() => (n, &text[n.len()..]),
-        _ => (num, suffix),
-    };
-    let base: f64 = num.parse().ok()?;
-    let mult = match suffix {
-        "" => 1.0,
-        "n" => 1e-9,
-        "u" => 1e-6,
-        "m" => 1e-3,
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "P" => 1e15,
-        "E" => 1e18,
-        "Ki" => 1024.0,
-        "Mi" => 1024f64.powi(2),
-        "Gi" => 1024f64.powi(3),
-        "Ti" => 1024f64.powi(4),
-        "Pi" => 1024f64.powi(5),
-        "Ei" => 1024f64.powi(6),
-        _ => return None,
-    };
-    Some(base * mult)
-}
+pub use capstan_api::quantity::parse as parse_quantity;
 
 fn milli(q: &Quantity) -> i64 {
     parse_quantity(&q.0).map_or(0, |v| (v * 1000.0).ceil() as i64)

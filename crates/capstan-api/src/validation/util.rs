@@ -83,34 +83,9 @@ pub fn invalid_raw(field: &str, shown: &str, detail: &str) -> Cause {
 
 /// Parses a resource quantity into a comparable number (base units).
 pub fn quantity(q: &Value) -> Option<f64> {
-    let text = match q {
-        Value::String(s) => s.trim().to_string(),
-        Value::Number(n) => n.to_string(),
-        _ => return None,
-    };
-    let split = text
-        .find(|c: char| c.is_ascii_alphabetic() && c != 'e' && c != 'E')
-        .unwrap_or(text.len());
-    let (num, suffix) = text.split_at(split);
-    let base: f64 = num.parse().ok()?;
-    let mult = match suffix {
-        "" => 1.0,
-        "n" => 1e-9,
-        "u" => 1e-6,
-        "m" => 1e-3,
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "P" => 1e15,
-        "E" => 1e18,
-        "Ki" => 1024.0,
-        "Mi" => 1024f64.powi(2),
-        "Gi" => 1024f64.powi(3),
-        "Ti" => 1024f64.powi(4),
-        "Pi" => 1024f64.powi(5),
-        "Ei" => 1024f64.powi(6),
-        _ => return None,
-    };
-    Some(base * mult)
+    match q {
+        Value::String(s) => crate::quantity::parse(s),
+        Value::Number(n) => crate::quantity::parse(&n.to_string()),
+        _ => None,
+    }
 }

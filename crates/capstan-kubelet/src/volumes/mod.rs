@@ -197,7 +197,7 @@ impl VolumeManager {
                 let size = ed
                     .size_limit
                     .as_ref()
-                    .and_then(|q| crate::env::parse_quantity(&q.0))
+                    .and_then(|q| crate::resources::parse_quantity(&q.0))
                     .filter(|s| *s > 0.0)
                     .map(|s| s.ceil() as u64);
                 self.ensure_tmpfs(&dir, size)?;
