@@ -9,13 +9,14 @@ source "$(dirname "$0")/common.sh"
 # (etcd-client). runtime: OCI runtimes, CNI plugins (iptables for their masquerade and hostPort
 # rules), nft, ip, etcd for the etcd
 # store backend, busybox-static to build test images without downloading any, docker-registry and
-# apache2-utils (htpasswd) for image pull tests, podman as the runtime benchmark's peer.
+# apache2-utils (htpasswd) for image pull tests, podman as the runtime benchmarks' peer
+# (catatonit: the pause process of `podman kube play`).
 PACKAGES=(
     build-essential pkg-config ca-certificates curl diffutils procps
     protobuf-compiler libprotobuf-dev
     runc crun containernetworking-plugins nftables iptables iproute2 etcd-server etcd-client busybox-static
     docker-registry apache2-utils
-    podman
+    podman catatonit
 )
 
 missing_packages() {

@@ -85,6 +85,7 @@ struct Row {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let work = temp_dir("capstan-pods-bench-")?;
     let archive = work.path().join("busybox.tar");
     capstan_runtime::testimage::busybox_oci_archive(&archive, IMAGE)?;
