@@ -366,15 +366,24 @@ fn podman_kube_play(args: &Args, work: &Path, archive: &Path) -> anyhow::Result<
             for chunk in files.chunks(args.pods.div_ceil(args.in_flight.max(1))) {
                 s.spawn(move || {
                     for f in chunk {
+                        // Files, not pipes: conmon inherits podman's stdio and outlives it.
+                        let err_path = f.with_extension("err");
                         let t = Instant::now();
-                        let out = podman.cmd(&["kube", "play"]).arg(f).output();
+                        let status = std::fs::File::create(&err_path).and_then(|err| {
+                            podman
+                                .cmd(&["kube", "play"])
+                                .arg(f)
+                                .stdout(Stdio::null())
+                                .stderr(err)
+                                .status()
+                        });
                         let took = t.elapsed();
-                        match out {
-                            Ok(o) if o.status.success() => {
+                        match status {
+                            Ok(s) if s.success() => {
                                 samples.lock().map(|mut v| v.push(took)).ok();
                             }
-                            Ok(o) => {
-                                let msg = String::from_utf8_lossy(&o.stderr).into_owned();
+                            Ok(_) => {
+                                let msg = std::fs::read_to_string(&err_path).unwrap_or_default();
                                 errors.lock().map(|mut v| v.push(msg)).ok();
                             }
                             Err(e) => {
@@ -443,7 +452,10 @@ async fn runc_run(args: &Args, work: &Path, archive: &Path) -> anyhow::Result<Ro
         for i in 0..args.pods {
             let id = format!("podbench-{i}");
             let t = Instant::now();
-            let out = Command::new("runc")
+            // A file, not a pipe: the detached container inherits runc's stdio, and a pipe
+            // would never reach EOF while it runs.
+            let errors = std::fs::File::create(work.join("runc-run.err"))?;
+            let status = Command::new("runc")
                 .arg("--root")
                 .arg(&root)
                 .args(["run", "--detach", "--bundle"])
@@ -451,8 +463,8 @@ async fn runc_run(args: &Args, work: &Path, archive: &Path) -> anyhow::Result<Ro
                 .arg(&id)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .output()
+                .stderr(errors)
+                .status()
                 .context("running runc")?;
             let took = t.elapsed();
             let _ = Command::new("runc")
@@ -461,8 +473,9 @@ async fn runc_run(args: &Args, work: &Path, archive: &Path) -> anyhow::Result<Ro
                 .args(["delete", "--force", &id])
                 .stderr(Stdio::null())
                 .status();
-            if !out.status.success() {
-                bail!("runc run failed: {}", String::from_utf8_lossy(&out.stderr));
+            if !status.success() {
+                let errors = std::fs::read_to_string(work.join("runc-run.err")).unwrap_or_default();
+                bail!("runc run failed: {errors}");
             }
             samples.push(took);
         }
