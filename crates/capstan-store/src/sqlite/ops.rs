@@ -307,7 +307,7 @@ fn current_version(tx: &Transaction<'_>, key: &str) -> Result<Option<(i64, i64)>
         .optional()?)
 }
 
-fn value_at(tx: &Transaction<'_>, rev: i64) -> Result<Vec<u8>> {
+fn value_at(tx: &Connection, rev: i64) -> Result<Vec<u8>> {
     let mut stmt = tx.prepare_cached("SELECT value FROM log WHERE rev = ?1")?;
     Ok(stmt.query_row([rev], |row| row.get(0))?)
 }
@@ -423,7 +423,13 @@ pub(super) fn update(
     )?;
     tx.commit()?;
     w.revision = rev;
-    if let Some(prev_value) = prev_value {
+    // A first watcher may subscribe after the check above but read its history before the
+    // commit: it sees this write only live, so check again and read the old value late.
+    if fanout.has_watchers() {
+        let prev_value = match prev_value {
+            Some(value) => value,
+            None => value_at(&w.conn, prev_rev)?,
+        };
         fanout.publish(|| WatchEvent::Put {
             kv: KeyValue {
                 key: key.to_string(),
