@@ -6,6 +6,7 @@ mod ha;
 mod harness;
 mod images;
 mod kubectl_workflow;
+mod node;
 mod pods;
 mod restart;
 mod runtime;
