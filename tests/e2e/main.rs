@@ -2,6 +2,7 @@
 //! stock kubectl binaries drive it. See harness.rs for the process handling.
 
 mod bad_input;
+mod deployments;
 mod ha;
 mod harness;
 mod images;
