@@ -60,7 +60,10 @@ struct PodView {
 }
 
 fn pods(node: &Node) -> Vec<PodView> {
-    let out = node.kubectl(&["get", "pods", "-n", NS, "-l", "app=web", "-o", "json"], None);
+    let out = node.kubectl(
+        &["get", "pods", "-n", NS, "-l", "app=web", "-o", "json"],
+        None,
+    );
     if !out.status.success() {
         return Vec::new();
     }
@@ -164,7 +167,11 @@ fn deployment_survives_pod_loss_scales_rolls_out_and_back() {
     wait_ready(&node, 3, IMAGE);
 
     // kubectl scale: up to 10, down to 0, back to 3.
-    for (replicas, want) in [("--replicas=10", 10), ("--replicas=0", 0), ("--replicas=3", 3)] {
+    for (replicas, want) in [
+        ("--replicas=10", 10),
+        ("--replicas=0", 0),
+        ("--replicas=3", 3),
+    ] {
         node.kubectl(&["scale", "-n", NS, "deployment/web", replicas], None)
             .ok();
         wait_ready(&node, want, IMAGE);
@@ -175,7 +182,14 @@ fn deployment_survives_pod_loss_scales_rolls_out_and_back() {
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = watch_availability(node.clone(), stop.clone());
     node.kubectl(
-        &["set", "image", "-n", NS, "deployment/web", &format!("app={V2}")],
+        &[
+            "set",
+            "image",
+            "-n",
+            NS,
+            "deployment/web",
+            &format!("app={V2}"),
+        ],
         None,
     )
     .ok();
@@ -190,10 +204,7 @@ fn deployment_survives_pod_loss_scales_rolls_out_and_back() {
     assert!(names(&updated).is_disjoint(&names(&replaced)));
 
     let history = node
-        .kubectl(
-            &["rollout", "history", "-n", NS, "deployment/web"],
-            None,
-        )
+        .kubectl(&["rollout", "history", "-n", NS, "deployment/web"], None)
         .ok();
     let revisions: Vec<&str> = history
         .lines()
@@ -210,10 +221,7 @@ fn deployment_survives_pod_loss_scales_rolls_out_and_back() {
     rollout_status(&node);
     wait_ready(&node, 3, IMAGE);
     let history = node
-        .kubectl(
-            &["rollout", "history", "-n", NS, "deployment/web"],
-            None,
-        )
+        .kubectl(&["rollout", "history", "-n", NS, "deployment/web"], None)
         .ok();
     let revisions: Vec<&str> = history
         .lines()

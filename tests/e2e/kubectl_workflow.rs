@@ -196,7 +196,13 @@ fn get_formats(server: &Server, k: Kubectl) {
     .ok();
     assert_eq!(
         names.lines(),
-        ["deployment.apps/web", "service/web", "configmap/web-config"]
+        [
+            "deployment.apps/web",
+            "service/web",
+            // Every namespace gets the cluster CA, as upstream's root CA publisher does.
+            "configmap/kube-root-ca.crt",
+            "configmap/web-config"
+        ]
     );
 }
 
@@ -369,7 +375,8 @@ fn label_and_annotate(server: &Server, k: Kubectl) {
         "-o",
         "name",
     ]);
-    assert!(other.ok().lines().is_empty());
+    // notin also matches objects without the label: only the published cluster CA.
+    assert_eq!(other.ok().lines(), ["configmap/kube-root-ca.crt"]);
     kc(&[
         "label",
         "configmap",

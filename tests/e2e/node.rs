@@ -106,7 +106,13 @@ impl Node {
     }
 
     /// Waits until the pod's JSON satisfies `cond`; returns it.
-    pub fn wait_pod(&self, ns: &str, name: &str, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
+    pub fn wait_pod(
+        &self,
+        ns: &str,
+        name: &str,
+        what: &str,
+        cond: impl Fn(&Value) -> bool,
+    ) -> Value {
         let mut last = Value::Null;
         let deadline = Instant::now() + POD_TIMEOUT;
         loop {
@@ -245,4 +251,3 @@ pub fn sh_container(name: &str, script: &str, extra: &str) -> String {
 pub fn namespace(node: &Node, ns: &str) {
     node.kubectl(&["create", "namespace", ns], None).ok();
 }
-

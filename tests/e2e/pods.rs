@@ -430,3 +430,64 @@ fn pods_run_on_a_node_joined_with_capstan_agent() {
         .ok();
     drop(agent);
 }
+
+/// The claims of a JWT (no verification: the API server's tests do that).
+fn jwt_claims(token: &str) -> serde_json::Value {
+    use base64::Engine;
+    let part = token.split('.').nth(1).expect("a JWT has claims");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part)
+        .expect("base64url claims");
+    serde_json::from_slice(&bytes).expect("JSON claims")
+}
+
+#[test]
+fn pods_get_a_service_account_token_the_cluster_ca_and_their_namespace() {
+    let node = Node::start();
+    let ns = "satoken";
+    namespace(&node, ns);
+    // kubectl create token goes through the TokenRequest API.
+    let token = node
+        .kubectl(
+            &["create", "token", "default", "-n", ns, "--duration=20m"],
+            None,
+        )
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    let claims = jwt_claims(&token);
+    assert_eq!(claims["sub"], "system:serviceaccount:satoken:default");
+    assert_eq!(
+        claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
+        1200
+    );
+
+    let script = "D=/var/run/secrets/kubernetes.io/serviceaccount; echo ns=$(cat $D/namespace); \
+                  echo token=$(cat $D/token); cat $D/ca.crt";
+    node.apply(&pod_yaml(
+        ns,
+        "reader",
+        "Never",
+        &sh_container("c", script, ""),
+        "",
+    ));
+    node.wait_phase(ns, "reader", "Succeeded");
+    let logs = node
+        .kubectl(&["logs", "-n", ns, "reader"], None)
+        .ok()
+        .stdout;
+    assert!(logs.contains("ns=satoken\n"), "{logs}");
+    let token = logs
+        .lines()
+        .find_map(|l| l.strip_prefix("token="))
+        .expect("token line");
+    let claims = jwt_claims(token);
+    assert_eq!(claims["kubernetes.io"]["pod"]["name"], "reader");
+    assert_eq!(claims["sub"], "system:serviceaccount:satoken:default");
+    let ca = std::fs::read_to_string(node.server.data_dir().join("tls").join("ca.crt")).unwrap();
+    assert!(
+        logs.contains(ca.trim()),
+        "the pod's ca.crt is the cluster CA:\n{logs}"
+    );
+}

@@ -20,6 +20,8 @@ pub enum Subresource {
     Attach,
     /// `pods/portforward`: TCP to the pod's ports (upgraded stream, proxied to the kubelet).
     PortForward,
+    /// `serviceaccounts/token`: a TokenRequest issues a signed, bound service account token.
+    Token,
 }
 
 impl Subresource {
@@ -33,6 +35,7 @@ impl Subresource {
             Subresource::Exec => "exec",
             Subresource::Attach => "attach",
             Subresource::PortForward => "portforward",
+            Subresource::Token => "token",
         }
     }
 }
@@ -159,7 +162,7 @@ pub static RESOURCES: &[ResourceInfo] = &[
     res!("", "v1", "Endpoints", "endpoints", "endpoints", true, &["ep"], &[], RW, NONE),
     res!("", "v1", "ConfigMap", "configmaps", "configmap", true, &["cm"], &[], RW, NONE),
     res!("", "v1", "Secret", "secrets", "secret", true, &[], &[], RW, NONE),
-    res!("", "v1", "ServiceAccount", "serviceaccounts", "serviceaccount", true, &["sa"], &[], RW, NONE),
+    res!("", "v1", "ServiceAccount", "serviceaccounts", "serviceaccount", true, &["sa"], &[], RW, &[Subresource::Token]),
     res!("", "v1", "Event", "events", "event", true, &["ev"], &[], RW, NONE),
     res!("", "v1", "PersistentVolume", "persistentvolumes", "persistentvolume", false, &["pv"], &[], RW, ST),
     res!("", "v1", "PersistentVolumeClaim", "persistentvolumeclaims", "persistentvolumeclaim", true, &["pvc"], &[], RW, ST),

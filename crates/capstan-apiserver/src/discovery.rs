@@ -112,6 +112,13 @@ fn subresource_entries(
             Subresource::PortForward => {
                 (*s, "PodPortForwardOptions", "", "v1", vec!["create", "get"])
             }
+            Subresource::Token => (
+                *s,
+                "TokenRequest",
+                "authentication.k8s.io",
+                "v1",
+                vec!["create"],
+            ),
         })
         .collect()
 }

@@ -18,5 +18,6 @@ pub mod response;
 pub mod server;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod tokens;
 
 pub use server::{ApiServer, Running, ServeError, ServerConfig, start};

@@ -57,6 +57,7 @@ fn sub_of(s: &str) -> Option<Subresource> {
         "exec" => Some(Subresource::Exec),
         "attach" => Some(Subresource::Attach),
         "portforward" => Some(Subresource::PortForward),
+        "token" => Some(Subresource::Token),
         _ => None,
     }
 }

@@ -62,6 +62,8 @@ pub struct ApiServer {
     pub shutdown: watch::Receiver<bool>,
     /// Serialises read-check-write sequences that must not interleave (allocations, deletes).
     pub write_lock: tokio::sync::Mutex<()>,
+    /// Signs service account tokens (TokenRequest).
+    pub tokens: crate::tokens::TokenSigner,
 }
 
 /// A running API server: the bound address and a future that completes on shutdown.
@@ -154,7 +156,11 @@ pub async fn start(
         ServiceAllocator::new(&config.service_cidr, config.node_port_range, store.clone())
             .map_err(ServeError::Config)?,
     );
+    let tokens = crate::tokens::TokenSigner::shared(store.as_ref())
+        .await
+        .map_err(|e| ServeError::Bootstrap(e.to_string()))?;
     let server = Arc::new(ApiServer {
+        tokens,
         store,
         cache,
         config,

@@ -46,6 +46,8 @@ pub struct ControllerOptions {
     pub cluster_cidr: String,
     /// Prefix length of each node's pod CIDR.
     pub node_cidr_mask_size: u8,
+    /// The cluster CA (PEM) published as `kube-root-ca.crt` in every namespace.
+    pub root_ca_pem: Option<String>,
 }
 
 impl Default for ControllerOptions {
@@ -53,6 +55,7 @@ impl Default for ControllerOptions {
         ControllerOptions {
             cluster_cidr: "10.42.0.0/16".into(),
             node_cidr_mask_size: 24,
+            root_ca_pem: None,
         }
     }
 }
@@ -179,7 +182,7 @@ pub async fn run_controllers_with(
             slice_triggers,
             stop.clone()
         ),
-        serviceaccount::run(client.clone(), stop.clone()),
+        serviceaccount::run_with_root_ca(client.clone(), options.root_ca_pem.clone(), stop.clone()),
         namespace::run(client.clone(), stop.clone()),
         node_ipam::run(
             client,

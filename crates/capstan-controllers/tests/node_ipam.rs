@@ -17,6 +17,7 @@ fn options() -> ControllerOptions {
     ControllerOptions {
         cluster_cidr: "10.77.0.0/16".into(),
         node_cidr_mask_size: 24,
+        ..Default::default()
     }
 }
 

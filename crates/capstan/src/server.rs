@@ -211,6 +211,10 @@ async fn start_controller_manager(
     let identity = capstan_election::default_identity();
     let options = capstan_controllers::ControllerOptions {
         cluster_cidr: args.cluster_cidr.clone(),
+        root_ca_pem: Some(
+            std::fs::read_to_string(args.data_dir.join("tls").join("ca.crt"))
+                .context("reading the cluster CA for kube-root-ca.crt")?,
+        ),
         ..Default::default()
     };
     tracing::info!(%identity, cluster_cidr = %options.cluster_cidr, "starting the controller manager");

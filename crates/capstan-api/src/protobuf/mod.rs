@@ -90,6 +90,7 @@ fn message_for(api_version: &str, kind: &str) -> Option<&'static Message> {
         ("rbac.authorization.k8s.io/v1", "RoleBinding") => &rbac::ROLE_BINDING,
         ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => &rbac::CLUSTER_ROLE_BINDING,
         ("scheduling.k8s.io/v1", "PriorityClass") => &rbac::PRIORITY_CLASS,
+        ("authentication.k8s.io/v1", "TokenRequest") => &rbac::TOKEN_REQUEST,
         _ => return None,
     };
     Some(message)

@@ -1,4 +1,4 @@
-//! k8s.io/api rbac/v1 and scheduling/v1 messages (generated.proto field numbers).
+//! k8s.io/api rbac/v1, scheduling/v1 and authentication/v1 messages (generated.proto field numbers).
 
 use super::meta::{LABEL_SELECTOR, OBJECT_META};
 use super::schema::{Kind::*, Message, p, r, v};
@@ -78,4 +78,39 @@ pub static PRIORITY_CLASS: Message = Message {
         v(4, "description", Str),
         p(5, "preemptionPolicy", Str),
     ],
+};
+
+/// authentication/v1 TokenRequest (`kubectl create token`); status is never sent by clients
+/// but decodes like the rest.
+pub static TOKEN_REQUEST: Message = Message {
+    name: "TokenRequest",
+    fields: &[
+        v(1, "metadata", Msg(&OBJECT_META)),
+        v(2, "spec", Msg(&TOKEN_REQUEST_SPEC)),
+        v(3, "status", Msg(&TOKEN_REQUEST_STATUS)),
+    ],
+};
+
+static TOKEN_REQUEST_SPEC: Message = Message {
+    name: "TokenRequestSpec",
+    fields: &[
+        r(1, "audiences", Str),
+        p(3, "boundObjectRef", Msg(&BOUND_OBJECT_REFERENCE)),
+        p(4, "expirationSeconds", Int64),
+    ],
+};
+
+static BOUND_OBJECT_REFERENCE: Message = Message {
+    name: "BoundObjectReference",
+    fields: &[
+        v(1, "kind", Str),
+        v(2, "apiVersion", Str),
+        v(3, "name", Str),
+        v(4, "uid", Str),
+    ],
+};
+
+static TOKEN_REQUEST_STATUS: Message = Message {
+    name: "TokenRequestStatus",
+    fields: &[v(1, "token", Str), v(2, "expirationTimestamp", Time)],
 };

@@ -2,8 +2,10 @@
 
 mod proxy;
 mod read;
+mod service_account;
 mod strategy;
 mod sub;
+mod token;
 mod watch;
 mod write;
 

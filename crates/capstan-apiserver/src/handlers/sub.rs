@@ -33,6 +33,9 @@ pub(crate) async fn handle(
             update_scale(server, rp, headers, q, method, body).await
         }
         (Subresource::Binding, &Method::POST) => bind(server, rp, body).await,
+        (Subresource::Token, &Method::POST) => {
+            super::token::create(server, rp, headers, body).await
+        }
         (Subresource::Finalize, &Method::PUT) => finalize(server, rp, headers, q, body).await,
         _ => Err(ApiError::new(
             405,

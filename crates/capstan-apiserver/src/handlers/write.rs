@@ -250,6 +250,9 @@ pub(crate) async fn create_object(
     let ns = object::meta_str(&obj, "namespace").map(String::from);
     validation::validate(info, &obj, None)?;
     admit_namespace(server, info, ns.as_deref()).await?;
+    if info.kind == "Pod" && info.group.is_empty() {
+        super::service_account::admit(server, &mut obj).await?;
+    }
     let allocated = if info.kind == "Service" && info.group.is_empty() {
         Some(strategy::allocate_service(server, &mut obj, None).await?)
     } else {

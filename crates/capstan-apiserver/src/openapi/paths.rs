@@ -599,7 +599,8 @@ fn subresource_paths(
             Subresource::Log
             | Subresource::Exec
             | Subresource::Attach
-            | Subresource::PortForward => {
+            | Subresource::PortForward
+            | Subresource::Token => {
                 continue;
             }
         };
