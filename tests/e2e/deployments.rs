@@ -120,6 +120,18 @@ fn rollout_status(node: &Node) {
     .stdout_has("successfully rolled out");
 }
 
+/// The revision numbers `kubectl rollout history` lists.
+fn revisions(node: &Node) -> Vec<String> {
+    node.kubectl(&["rollout", "history", "-n", NS, "deployment/web"], None)
+        .ok()
+        .lines()
+        .into_iter()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|w| w.chars().all(|c| c.is_ascii_digit()))
+        .map(String::from)
+        .collect()
+}
+
 fn names(pods: &[PodView]) -> BTreeSet<String> {
     pods.iter().map(|p| p.name.clone()).collect()
 }
@@ -203,16 +215,7 @@ fn deployment_survives_pod_loss_scales_rolls_out_and_back() {
     );
     assert!(names(&updated).is_disjoint(&names(&replaced)));
 
-    let history = node
-        .kubectl(&["rollout", "history", "-n", NS, "deployment/web"], None)
-        .ok();
-    let revisions: Vec<&str> = history
-        .lines()
-        .into_iter()
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|w| w.chars().all(|c| c.is_ascii_digit()))
-        .collect();
-    assert_eq!(revisions, ["1", "2"], "{}", history.stdout);
+    assert_eq!(revisions(&node), ["1", "2"]);
 
     // Undo goes back to the first template, as revision 3.
     node.kubectl(&["rollout", "undo", "-n", NS, "deployment/web"], None)
@@ -220,14 +223,5 @@ fn deployment_survives_pod_loss_scales_rolls_out_and_back() {
         .stdout_has("rolled back");
     rollout_status(&node);
     wait_ready(&node, 3, IMAGE);
-    let history = node
-        .kubectl(&["rollout", "history", "-n", NS, "deployment/web"], None)
-        .ok();
-    let revisions: Vec<&str> = history
-        .lines()
-        .into_iter()
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|w| w.chars().all(|c| c.is_ascii_digit()))
-        .collect();
-    assert_eq!(revisions, ["2", "3"], "{}", history.stdout);
+    assert_eq!(revisions(&node), ["2", "3"]);
 }
