@@ -11,13 +11,16 @@
 //! ServiceAccount per namespace).
 
 pub mod deployment;
+pub mod disruption;
 pub mod endpoints;
 pub mod endpointslice;
 pub mod expectations;
 pub mod informer;
 pub mod namespace;
 pub mod node_ipam;
+pub mod quantity_sum;
 pub mod replicaset;
+pub mod resourcequota;
 pub mod serviceaccount;
 
 use capstan_election::{ElectionError, LeaderElector, LeaseTimings, Outcome};
@@ -184,6 +187,8 @@ pub async fn run_controllers_with(
         ),
         serviceaccount::run_with_root_ca(client.clone(), options.root_ca_pem.clone(), stop.clone()),
         namespace::run(client.clone(), stop.clone()),
+        resourcequota::run(client.clone(), stop.clone()),
+        disruption::run(client.clone(), stop.clone()),
         node_ipam::run(
             client,
             &options.cluster_cidr,
