@@ -207,31 +207,54 @@ impl EndpointReconciler {
         Ok(Value::Array(subsets))
     }
 
-    /// Rewrite `default/kubernetes` Endpoints from the live leases when they differ.
+    /// Rewrite `default/kubernetes` Endpoints and EndpointSlice from the live leases when they
+    /// differ (the service proxy reads slices, older clients Endpoints).
     pub async fn reconcile(&self) -> Result<(), ApiError> {
         let subsets = self.live_subsets().await?;
-        let info = find("", "v1", "endpoints").expect("core resource served");
+        let endpoints = kubernetes_endpoints(subsets.clone());
+        self.write_if_changed(find("", "v1", "endpoints"), endpoints, &["subsets"])
+            .await?;
+        let slice = kubernetes_slice(&subsets);
+        self.write_if_changed(
+            find("discovery.k8s.io", "v1", "endpointslices"),
+            slice,
+            &["endpoints", "ports"],
+        )
+        .await
+    }
+
+    /// Creates `desired` in default/kubernetes, or copies its `fields` over the stored object
+    /// when they differ.
+    async fn write_if_changed(
+        &self,
+        info: Option<&'static capstan_api::ResourceInfo>,
+        desired: Value,
+        fields: &[&str],
+    ) -> Result<(), ApiError> {
+        let info = info.expect("resource served");
         let key = info.store_key(Some("default"), "kubernetes");
         let store = &self.server.store;
         let internal = |e: StoreError| ApiError::internal(e.to_string());
         for _ in 0..5 {
             let Some(kv) = store.get(&key).await.map_err(internal)? else {
-                let ep = kubernetes_endpoints(subsets.clone());
-                match handlers::create_internal(&self.server, info, ep).await {
+                match handlers::create_internal(&self.server, info, desired.clone()).await {
                     Err(e) if e.reason == "AlreadyExists" => continue,
                     other => return other.map(|_| ()),
                 }
             };
-            let mut ep: Value = serde_json::from_slice(&kv.value)
-                .map_err(|e| ApiError::internal(format!("stored Endpoints are corrupt: {e}")))?;
-            if ep["subsets"] == subsets {
+            let mut current: Value = serde_json::from_slice(&kv.value)
+                .map_err(|e| ApiError::internal(format!("stored {} is corrupt: {e}", info.kind)))?;
+            if fields.iter().all(|f| current[*f] == desired[*f]) {
                 return Ok(());
             }
-            ep["subsets"] = subsets.clone();
-            let bytes = serde_json::to_vec(&ep).map_err(|e| ApiError::internal(e.to_string()))?;
+            for f in fields {
+                current[*f] = desired[*f].clone();
+            }
+            let bytes =
+                serde_json::to_vec(&current).map_err(|e| ApiError::internal(e.to_string()))?;
             match store.update(&key, bytes, kv.mod_revision).await {
                 Ok(_) => {
-                    tracing::info!(subsets = %subsets, "kubernetes endpoints updated");
+                    tracing::info!(kind = info.kind, "kubernetes endpoints updated");
                     return Ok(());
                 }
                 Err(StoreError::Conflict { .. }) | Err(StoreError::NotFound(_)) => continue,
@@ -272,5 +295,26 @@ fn kubernetes_endpoints(subsets: Value) -> Value {
         "apiVersion": "v1", "kind": "Endpoints",
         "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
         "subsets": subsets,
+    })
+}
+
+/// The `kubernetes` EndpointSlice: the servers of the first port (HA servers share one port).
+fn kubernetes_slice(subsets: &Value) -> Value {
+    let first = subsets.get(0).cloned().unwrap_or(Value::Null);
+    let endpoints: Vec<Value> = first["addresses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|a| json!({"addresses": [a["ip"]], "conditions": {"ready": true}}))
+        .collect();
+    json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "kubernetes", "namespace": "default", "labels": {
+            "kubernetes.io/service-name": "kubernetes",
+            "endpointslice.kubernetes.io/managed-by": "capstan-apiserver",
+        }},
+        "addressType": "IPv4",
+        "endpoints": endpoints,
+        "ports": first["ports"].as_array().cloned().unwrap_or_default(),
     })
 }

@@ -5,6 +5,7 @@
 use capstan_apiserver::testing::TestServer;
 use capstan_store::{MemoryStore, Store};
 use k8s_openapi::api::core::v1::{Endpoints, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, PostParams};
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -223,5 +224,20 @@ async fn kubernetes_endpoints_list_every_live_server() {
         assert!(Instant::now() < deadline, "expired lease kept: {ports:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The service proxy reads the same servers from the `kubernetes` EndpointSlice.
+    let slices = Api::<EndpointSlice>::namespaced(a.client().await, "default");
+    let slice = slices.get("kubernetes").await.unwrap();
+    let addresses: Vec<&str> = slice
+        .endpoints
+        .iter()
+        .flat_map(|e| e.addresses.iter().map(String::as_str))
+        .collect();
+    assert_eq!(addresses, ["127.0.0.1"]);
+    let ports: Vec<Option<i32>> = slice.ports.iter().flatten().map(|p| p.port).collect();
+    assert_eq!(ports, [Some(pa)]);
+    assert_eq!(
+        slice.metadata.labels.unwrap()["kubernetes.io/service-name"],
+        "kubernetes"
+    );
     a.shutdown().await;
 }
