@@ -2,7 +2,7 @@
 # One command from a fresh Debian 12 machine (as root) to a running all-in-one Capstan cluster:
 # installs missing packages, builds the release binary, (re)starts `capstan server` (control
 # plane plus the local node's agent) in the background, waits until it is ready and its node is
-# Ready, then runs a first pod and shows it answering. Safe to run again: it restarts cleanly.
+# Ready, then runs the demo (3 web pods behind a Service) and shows it answering. Safe to run again: it restarts cleanly.
 #
 # Environment overrides: CAPSTAN_DATA_DIR (/var/lib/capstan), CAPSTAN_HTTPS_PORT (6443),
 # CAPSTAN_LOG (/var/log/capstan.log), CAPSTAN_PID_FILE (/run/capstan.pid),
@@ -68,12 +68,13 @@ node_ready() {
     [ "$(kc get nodes -o 'jsonpath={.items[*].status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = "True" ]
 }
 
-pod_ready() {
-    [ "$(kc get pod hello -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = "True" ]
+deployment_ready() {
+    [ "$(kc get deployment web -o 'jsonpath={.status.readyReplicas}' 2>/dev/null)" = "3" ]
 }
 
-# The demo: a busybox image built from the host's busybox-static (no registry needed), one pod
-# serving its name over HTTP on its pod IP.
+# The demo (the seed's Service example): a Deployment of 3 busybox web pods (the image is built
+# from the host's busybox-static, no registry needed) behind a NodePort Service, reached through
+# the service proxy's ClusterIP and NodePort rules.
 show_cluster() {
     if [ -z "$(kubectl_bin)" ]; then
         log "kubectl is not installed; the cluster is up at https://127.0.0.1:$HTTPS_PORT"
@@ -83,26 +84,33 @@ show_cluster() {
         { tail -n 30 "$LOG_FILE" >&2; exit 1; }
     log "kubectl get nodes -o wide"
     kc get nodes -o wide
-    kc delete pod hello --ignore-not-found --wait=true >/dev/null
-    log "kubectl apply -f tests/e2e/fixtures/hello-pod.yaml"
-    kc apply -f "$REPO_ROOT/tests/e2e/fixtures/hello-pod.yaml"
-    wait_for "$READY_TIMEOUT" "pod hello to become Ready" pod_ready ||
-        { kc describe pod hello >&2; exit 1; }
-    kc get pod hello -o wide
-    local ip
-    ip="$(kc get pod hello -o 'jsonpath={.status.podIP}')"
-    log "curl http://$ip:8080/  (the pod's IP, from the host)"
-    curl -s --max-time 5 "http://$ip:8080/" || log "the pod did not answer on $ip:8080"
+    log "kubectl apply -f tests/e2e/fixtures/web-demo.yaml"
+    kc apply -f "$REPO_ROOT/tests/e2e/fixtures/web-demo.yaml"
+    wait_for "$READY_TIMEOUT" "deployment web to have 3 ready pods" deployment_ready ||
+        { kc describe deployment web >&2; kc get pods -o wide >&2; exit 1; }
+    kc get deployment,pods,service -l app=web -o wide
+    kc get service web -o wide
+    CLUSTER_IP="$(kc get service web -o 'jsonpath={.spec.clusterIP}')"
+    NODE_PORT="$(kc get service web -o 'jsonpath={.spec.ports[0].nodePort}')"
+    local i
+    log "curl http://$CLUSTER_IP/ six times (the Service's ClusterIP; answers come from all 3 pods)"
+    for i in 1 2 3 4 5 6; do
+        curl -s --max-time 5 "http://$CLUSTER_IP/" || log "no answer from $CLUSTER_IP"
+    done
 }
 
 print_usage() {
     cat <<USAGE
 
 Capstan is running (pid $(cat "$PID_FILE"), API https://127.0.0.1:$HTTPS_PORT).
+The demo web Service answers at http://${CLUSTER_IP:-<cluster-ip>}/ (its ClusterIP, from this
+host or any pod) and on every node address at port ${NODE_PORT:-<node-port>} (NodePort):
+  curl http://${CLUSTER_IP:-<cluster-ip>}/
 
   export KUBECONFIG=$KUBECONFIG_FILE
-  kubectl get nodes,pods -o wide
-  kubectl logs hello; kubectl exec -it hello -- sh
+  kubectl get nodes,deployments,pods,services -o wide
+  kubectl scale deployment web --replicas=5; kubectl rollout status deployment web
+  kubectl exec -it deploy/web -- sh
   kubectl apply -f $REPO_ROOT/tests/e2e/fixtures/app.yaml
 
 Logs:     tail -f $LOG_FILE

@@ -173,6 +173,12 @@ pub struct NodeSettings {
     pub run_dir: PathBuf,
     pub cgroup_parent: String,
     pub pod_log_dir: PathBuf,
+    /// The service proxy's nft table (inet), deleted at clean-up.
+    pub proxy_table: String,
+    /// `--service-cidr` of a server with this node; `--cluster-dns` is its 10th address.
+    pub service_cidr: String,
+    /// `--service-node-port-range` of a server with this node (a slice of 100 ports).
+    pub node_port_range: (u16, u16),
 }
 
 impl NodeSettings {
@@ -191,7 +197,31 @@ impl NodeSettings {
             run_dir: PathBuf::from(format!("/run/capstan-e2e-{tag}")),
             cgroup_parent: format!("/capstan-e2e-{tag}"),
             pod_log_dir: data_dir.join("pod-logs"),
+            proxy_table: format!("cpt{tag}"),
+            service_cidr: format!("10.{}.0.0/16", 100 + (pid + n) % 100),
+            node_port_range: {
+                let low = 30000 + ((pid + n) % 27) as u16 * 100;
+                (low, low + 99)
+            },
         }
+    }
+
+    /// The cluster DNS address: the 10th of the service CIDR (kube-dns's ClusterIP).
+    pub fn cluster_dns(&self) -> String {
+        let base = self.service_cidr.trim_end_matches(".0.0/16");
+        format!("{base}.0.10")
+    }
+
+    /// The flags of `capstan server` with this node: the node flags plus its service ranges.
+    pub fn server_args(&self) -> Vec<String> {
+        let mut args = self.args();
+        args.extend([
+            "--service-cidr".into(),
+            self.service_cidr.clone(),
+            "--service-node-port-range".into(),
+            format!("{}-{}", self.node_port_range.0, self.node_port_range.1),
+        ]);
+        args
     }
 
     /// The node flags of `capstan server` / `capstan agent`.
@@ -213,6 +243,10 @@ impl NodeSettings {
             self.cgroup_parent.clone(),
             "--pod-log-dir".into(),
             self.pod_log_dir.display().to_string(),
+            "--proxy-table".into(),
+            self.proxy_table.clone(),
+            "--cluster-dns".into(),
+            self.cluster_dns(),
         ]
     }
 
@@ -254,6 +288,10 @@ impl NodeSettings {
             }
         }
         let _ = fs::remove_dir_all(&self.run_dir);
+        let _ = Command::new("nft")
+            .args(["delete", "table", "inet", &self.proxy_table])
+            .stderr(Stdio::null())
+            .status();
         remove_cgroup_tree(
             &Path::new("/sys/fs/cgroup").join(self.cgroup_parent.trim_start_matches('/')),
         );
@@ -297,6 +335,13 @@ impl Server {
     pub fn start_with(options: ServerOptions) -> Server {
         let mut etcd = None;
         let mut args = options.extra_args;
+        // Cluster DNS listens on a port of its own per server (53 is shared by all of them).
+        if !args
+            .iter()
+            .any(|a| a == "--cluster-dns-port" || a == "--disable-dns")
+        {
+            args.extend(["--cluster-dns-port".to_string(), free_port().to_string()]);
+        }
         let endpoint = match options.datastore_endpoint {
             Some(e) => Some(e),
             None if Datastore::from_env() == Datastore::Etcd => {
@@ -441,7 +486,7 @@ impl Server {
             .args(["--https-port", &self.port.to_string()])
             .args(["--bind-address", "127.0.0.1"])
             .args(match &self.node {
-                Some(node) => node.args(),
+                Some(node) => node.server_args(),
                 None => vec!["--disable-agent".to_string()],
             })
             .args(&self.args)

@@ -3,15 +3,20 @@
 
 mod bad_input;
 mod deployments;
+mod dns;
 mod ha;
 mod harness;
 mod images;
+mod jobs;
 mod kubectl_workflow;
+mod lifecycle;
 mod node;
 mod pods;
 mod restart;
 mod runtime;
 mod scheduler;
+mod services;
+mod sets;
 mod snapshot;
 mod streaming;
 mod util;

@@ -227,13 +227,16 @@ fn pods_network_pod_to_pod_hostname_hosts_and_resolv_conf() {
     let client_ip = client["status"]["podIP"].as_str().expect("client podIP");
     let logs = node.kubectl(&["logs", "-n", ns, "client"], None).ok();
     assert!(logs.stdout.contains("net-ok"), "{logs}");
-    let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-    if let Some(ns_line) = host_resolv.lines().find(|l| l.starts_with("nameserver")) {
-        assert!(
-            logs.stdout.contains(ns_line),
-            "resolv.conf lacks the host's {ns_line}: {logs}"
-        );
-    }
+    // ClusterFirst: the cluster DNS Service and the namespace's search path, not the host's.
+    let dns_line = format!("nameserver {}", node.server.node().cluster_dns());
+    assert!(
+        logs.stdout.contains(&dns_line)
+            && logs.stdout.contains(&format!(
+                "search {ns}.svc.cluster.local svc.cluster.local cluster.local"
+            ))
+            && logs.stdout.contains("options ndots:5"),
+        "resolv.conf is not ClusterFirst ({dns_line}): {logs}"
+    );
     // `set -x` traced the grep of /etc/hosts; its match shows the pod's own entry.
     assert!(
         logs.stdout.contains(&format!("{client_ip}\tclient")),

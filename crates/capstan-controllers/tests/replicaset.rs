@@ -267,10 +267,10 @@ async fn a_large_replicaset_gets_exactly_its_replicas_and_recreation_starts_clea
     let all = pods.list(&Default::default()).await.unwrap().items;
     assert_eq!(all.len(), 25);
 
-    // Delete the ReplicaSet and orphan its pods by hand (what the garbage collector does for
-    // propagationPolicy=Orphan), then make a new one of the same name right away: it adopts
-    // the 25 pods and creates exactly one.
-    rss.delete("big", &DeleteParams::default()).await.unwrap();
+    // Delete the ReplicaSet orphaning its pods (the garbage collector removes their owner
+    // references; clearing them again below is a no-op), then make a new one of the same name
+    // right away: it adopts the 25 pods and creates exactly one.
+    rss.delete("big", &DeleteParams::orphan()).await.unwrap();
     wait_for("ReplicaSet gone", || async {
         rss.get_opt("big").await.unwrap().is_none()
     })

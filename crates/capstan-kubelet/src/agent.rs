@@ -53,6 +53,8 @@ pub struct AgentConfig {
     pub shim_binary: PathBuf,
     /// Extra Node labels.
     pub node_labels: BTreeMap<String, String>,
+    /// The service proxy this agent runs (None: no proxy; pod CIDRs default to the node's).
+    pub proxy: Option<capstan_net::proxy::ProxyOptions>,
 }
 
 impl AgentConfig {
@@ -79,6 +81,7 @@ impl AgentConfig {
             cluster_domain: "cluster.local".into(),
             shim_binary,
             node_labels: BTreeMap::new(),
+            proxy: None,
         }
     }
 }
@@ -276,11 +279,24 @@ pub async fn run_agent(
         tasks.clone(),
     ));
     let pods = tokio::spawn(crate::pods::run_pod_manager(ctx, tasks.clone()));
+    let proxy = c.proxy.clone().map(|mut options| {
+        if options.pod_cidrs.is_empty() {
+            options.pod_cidrs.push(pod_cidr.clone());
+        }
+        tokio::spawn(capstan_net::proxy::run(
+            client.clone(),
+            options,
+            tasks.clone(),
+        ))
+    });
     shutdown.cancelled().await;
     tracing::info!("node agent stopping (containers keep running)");
     tasks.cancel();
     let _ = pods.await;
     let _ = heartbeat.await;
+    if let Some(proxy) = proxy {
+        let _ = proxy.await;
+    }
     let _ = server_task.await;
     Ok(())
 }

@@ -4,3 +4,5 @@
 //! nothing of pods beyond what CNI needs (container id, netns path, names for CNI_ARGS).
 
 pub mod cni;
+pub mod dns;
+pub mod proxy;

@@ -52,6 +52,12 @@ pub struct NodeFlags {
     /// Extra Node label `key=value` (repeatable).
     #[arg(long)]
     pub node_label: Vec<String>,
+    /// The nftables table (family inet) of the service proxy.
+    #[arg(long, default_value = capstan_net::proxy::DEFAULT_TABLE)]
+    pub proxy_table: String,
+    /// Do not run the service proxy on this node.
+    #[arg(long)]
+    pub disable_kube_proxy: bool,
 }
 
 /// The source address of the default route (no packet is sent), else loopback.
@@ -107,6 +113,8 @@ impl NodeFlags {
             labels.insert(k.to_string(), v.to_string());
         }
         c.node_labels = labels;
+        c.proxy = (!self.disable_kube_proxy)
+            .then(|| capstan_net::proxy::ProxyOptions::new(&self.proxy_table, &c.node_name));
         Ok(c)
     }
 }

@@ -4,6 +4,7 @@
 mod agent;
 mod config;
 mod datastore;
+mod dns;
 mod explain;
 mod images;
 mod pause;
@@ -73,10 +74,16 @@ fn main() -> anyhow::Result<()> {
         config::args_with_config_file(raw)?
     };
     let cli = Cli::parse_from(args);
+    let mut filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    // hickory-server logs every DNS query at info; keep that out unless asked for by name.
+    if !std::env::var("RUST_LOG").is_ok_and(|v| v.contains("hickory"))
+        && let Ok(quiet) = "hickory_server=warn".parse()
+    {
+        filter = filter.add_directive(quiet);
+    }
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();

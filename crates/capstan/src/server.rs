@@ -38,6 +38,16 @@ pub struct ServerArgs {
     /// NodePort range, `LOW-HIGH`.
     #[arg(long, default_value = "30000-32767")]
     pub service_node_port_range: String,
+    /// Do not run ServiceLB (the built-in LoadBalancer: node addresses as ingress).
+    #[arg(long)]
+    pub disable_servicelb: bool,
+    /// Do not run the cluster DNS server (nor keep the kube-dns Service).
+    #[arg(long)]
+    pub disable_dns: bool,
+    /// Port the cluster DNS server listens on (UDP and TCP, on the node address and
+    /// loopback); the kube-dns Service's targetPort.
+    #[arg(long, default_value_t = 53)]
+    pub cluster_dns_port: u16,
     /// Extra names or addresses for the serving certificate (repeatable).
     #[arg(long)]
     pub tls_san: Vec<String>,
@@ -47,6 +57,72 @@ pub struct ServerArgs {
     pub snapshots: SnapshotScheduleFlags,
     #[command(flatten)]
     pub node: crate::agent::NodeFlags,
+    #[command(flatten)]
+    pub lifecycle: LifecycleFlags,
+}
+
+/// Node lifecycle and pod GC flags (kube-controller-manager's names and defaults).
+#[derive(Args, Debug)]
+pub struct LifecycleFlags {
+    /// Heartbeat age after which a node is marked unreachable (e.g. 40s, 1m30s).
+    #[arg(long, default_value = "40s", value_parser = parse_go_duration)]
+    pub node_monitor_grace_period: std::time::Duration,
+    /// How often node heartbeats are checked.
+    #[arg(long, default_value = "5s", value_parser = parse_go_duration)]
+    pub node_monitor_period: std::time::Duration,
+    /// tolerationSeconds of the not-ready:NoExecute toleration pods get by default.
+    #[arg(long, default_value_t = 300)]
+    pub default_not_ready_toleration_seconds: i64,
+    /// tolerationSeconds of the unreachable:NoExecute toleration pods get by default.
+    #[arg(long, default_value_t = 300)]
+    pub default_unreachable_toleration_seconds: i64,
+    /// Terminated pods kept before the pod garbage collector deletes the oldest (0: never).
+    #[arg(long, default_value_t = 12500)]
+    pub terminated_pod_gc_threshold: usize,
+}
+
+impl LifecycleFlags {
+    fn apply(&self, o: &mut capstan_controllers::ControllerOptions) {
+        let n = &mut o.node_lifecycle;
+        n.grace_period = self.node_monitor_grace_period;
+        n.monitor_period = self.node_monitor_period;
+        n.default_not_ready_toleration_seconds = self.default_not_ready_toleration_seconds;
+        n.default_unreachable_toleration_seconds = self.default_unreachable_toleration_seconds;
+        o.pod_gc.terminated_pod_gc_threshold = self.terminated_pod_gc_threshold;
+    }
+}
+
+/// A Go-style duration: `40s`, `1m30s`, `500ms`, `2h` (a bare number is seconds).
+fn parse_go_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    if let Ok(n) = s.parse::<u64>() {
+        return Ok(std::time::Duration::from_secs(n));
+    }
+    let mut total = std::time::Duration::ZERO;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(|| format!("{s:?}: missing unit"))?;
+        let n: f64 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("{s:?}: bad number"))?;
+        let tail = &rest[digits..];
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(tail.len());
+        let scale = match &tail[..unit_len] {
+            "ms" => 0.001,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            u => return Err(format!("{s:?}: unknown unit {u:?}")),
+        };
+        total +=
+            std::time::Duration::try_from_secs_f64(n * scale).map_err(|e| format!("{s:?}: {e}"))?;
+        rest = &tail[unit_len..];
+    }
+    Ok(total)
 }
 
 fn port_range(s: &str) -> anyhow::Result<(u16, u16)> {
@@ -95,7 +171,7 @@ async fn open_store(args: &ServerArgs) -> anyhow::Result<OpenStore> {
     }
 }
 
-pub fn run(args: ServerArgs) -> anyhow::Result<()> {
+pub fn run(mut args: ServerArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -128,6 +204,12 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
             );
             tasks.push(policy.spawn(store, shutdown_rx));
         }
+        let dns_stop = tokio_util::sync::CancellationToken::new();
+        let dns = if args.disable_dns {
+            None
+        } else {
+            Some(crate::dns::start(&mut args, dns_stop.clone()).await?)
+        };
         let agent_stop = tokio_util::sync::CancellationToken::new();
         let agent = if args.disable_agent {
             None
@@ -163,6 +245,10 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
         // Controllers first, while the API still serves, so their Lease is released.
         controllers_stop.cancel();
         let _ = tokio::time::timeout(std::time::Duration::from_secs(10), controllers).await;
+        dns_stop.cancel();
+        for t in dns.into_iter().flatten() {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), t).await;
+        }
         let _ = shutdown_tx.send(true);
         for t in tasks {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(5), t).await;
@@ -173,7 +259,7 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
 }
 
 /// A client with the admin credentials the API server wrote into `data_dir`.
-async fn admin_client(data_dir: &std::path::Path) -> anyhow::Result<kube::Client> {
+pub(crate) async fn admin_client(data_dir: &std::path::Path) -> anyhow::Result<kube::Client> {
     crate::explain::client_from(&data_dir.join("admin.kubeconfig")).await
 }
 
@@ -209,14 +295,16 @@ async fn start_controller_manager(
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let client = admin_client(&args.data_dir).await?;
     let identity = capstan_election::default_identity();
-    let options = capstan_controllers::ControllerOptions {
+    let mut options = capstan_controllers::ControllerOptions {
         cluster_cidr: args.cluster_cidr.clone(),
+        servicelb: !args.disable_servicelb,
         root_ca_pem: Some(
             std::fs::read_to_string(args.data_dir.join("tls").join("ca.crt"))
                 .context("reading the cluster CA for kube-root-ca.crt")?,
         ),
         ..Default::default()
     };
+    args.lifecycle.apply(&mut options);
     tracing::info!(%identity, cluster_cidr = %options.cluster_cidr, "starting the controller manager");
     Ok(tokio::spawn(async move {
         if let Err(e) =
@@ -293,5 +381,21 @@ mod tests {
             a.datastore.endpoint(&a.data_dir).unwrap(),
             Endpoint::Sqlite(PathBuf::from("/d/db/state.db"))
         );
+    }
+
+    #[test]
+    fn go_durations_parse_like_kube_controller_manager_flags() {
+        let secs = std::time::Duration::from_secs;
+        assert_eq!(parse_go_duration("40s"), Ok(secs(40)));
+        assert_eq!(parse_go_duration("1m30s"), Ok(secs(90)));
+        assert_eq!(parse_go_duration("2h"), Ok(secs(7200)));
+        assert_eq!(parse_go_duration("300"), Ok(secs(300)));
+        assert_eq!(
+            parse_go_duration("1.5s500ms"),
+            Ok(std::time::Duration::from_millis(2000))
+        );
+        assert!(parse_go_duration("5x").is_err());
+        assert!(parse_go_duration("s").is_err());
+        assert!(parse_go_duration("10").is_ok());
     }
 }
