@@ -58,6 +58,11 @@ pub struct ResourceInfo {
 }
 
 impl ResourceInfo {
+    /// A review kind (TokenReview, SubjectAccessReview, ...): a create is answered, not stored.
+    pub fn is_review(&self) -> bool {
+        self.verbs == CREATE
+    }
+
     /// `apps/v1`, or `v1` for the core group.
     pub fn api_version(&self) -> String {
         if self.group.is_empty() {
@@ -134,6 +139,8 @@ const POD_SUBS: &[Subresource] = &[
     Subresource::Status,
 ];
 const ALL: &[&str] = &["all"];
+/// Review kinds: created and answered, never stored.
+const CREATE: &[&str] = &["create"];
 
 macro_rules! res {
     ($g:expr, $v:expr, $kind:expr, $plural:expr, $singular:expr, $ns:expr, $short:expr, $cat:expr, $verbs:expr, $sub:expr) => {
@@ -190,6 +197,12 @@ pub static RESOURCES: &[ResourceInfo] = &[
     res!("autoscaling", "v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers", "horizontalpodautoscaler", true, &["hpa"], ALL, RW, ST),
     res!("scheduling.k8s.io", "v1", "PriorityClass", "priorityclasses", "priorityclass", false, &["pc"], &[], RW, NONE),
     res!("node.k8s.io", "v1", "RuntimeClass", "runtimeclasses", "runtimeclass", false, &[], &[], RW, NONE),
+    res!("authentication.k8s.io", "v1", "TokenReview", "tokenreviews", "tokenreview", false, &[], &[], CREATE, NONE),
+    res!("authentication.k8s.io", "v1", "SelfSubjectReview", "selfsubjectreviews", "selfsubjectreview", false, &[], &[], CREATE, NONE),
+    res!("authorization.k8s.io", "v1", "LocalSubjectAccessReview", "localsubjectaccessreviews", "localsubjectaccessreview", true, &[], &[], CREATE, NONE),
+    res!("authorization.k8s.io", "v1", "SelfSubjectAccessReview", "selfsubjectaccessreviews", "selfsubjectaccessreview", false, &[], &[], CREATE, NONE),
+    res!("authorization.k8s.io", "v1", "SelfSubjectRulesReview", "selfsubjectrulesreviews", "selfsubjectrulesreview", false, &[], &[], CREATE, NONE),
+    res!("authorization.k8s.io", "v1", "SubjectAccessReview", "subjectaccessreviews", "subjectaccessreview", false, &[], &[], CREATE, NONE),
     res!("apiextensions.k8s.io", "v1", "CustomResourceDefinition", "customresourcedefinitions", "customresourcedefinition", false, &["crd", "crds"], &["api-extensions"], RW, ST),
 ];
 

@@ -1,10 +1,11 @@
 //! `capstan-apiserver` serves the Kubernetes REST API over HTTPS on top of a `capstan-store`
 //! backend: request routing by the resource table of `capstan-api`, a watch cache that serves
 //! lists and watches from memory, discovery and OpenAPI, Service address allocation, and the
-//! objects a cluster starts with. It owns no scheduling or controller logic; authentication
-//! and authorization arrive with the security work (every TLS client is admitted for now).
+//! objects a cluster starts with, and authentication, authorization and admission of every
+//! request. It owns no scheduling or controller logic.
 
 pub mod allocator;
+pub mod auth;
 pub mod bootstrap;
 pub mod cache;
 pub mod discovery;

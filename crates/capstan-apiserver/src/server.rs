@@ -5,7 +5,7 @@ use crate::cache::WatchCache;
 use crate::pki::{self, ClusterCa};
 use crate::request::{self, Query, Target};
 use crate::response::{self, Body};
-use crate::{discovery, handlers};
+use crate::{auth, discovery, handlers};
 use capstan_api::ApiError;
 use capstan_store::Store;
 use hyper::body::Incoming;
@@ -31,6 +31,10 @@ pub struct ServerConfig {
     pub node_port_range: (u16, u16),
     /// Extra SANs for the serving certificate.
     pub tls_sans: Vec<String>,
+    /// Static bearer tokens, upstream's `--token-auth-file` CSV: token,user,uid,"group1,group2".
+    pub token_auth_file: Option<PathBuf>,
+    /// Where the audit log is written (JSON lines); none when unset.
+    pub audit_log_path: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -237,8 +241,15 @@ async fn accept_loop(
                     }
                     Err(_) => return,
                 };
-            let svc = service_fn(move |req| {
+            let peer_user = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(crate::auth::x509::user_of);
+            let identity = crate::auth::PeerIdentity(peer_user);
+            let svc = service_fn(move |mut req: http::Request<Incoming>| {
                 let server = server.clone();
+                req.extensions_mut().insert(identity.clone());
                 async move { Ok::<_, std::convert::Infallible>(dispatch(server, req).await) }
             });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -260,7 +271,12 @@ async fn dispatch(server: Arc<ApiServer>, req: http::Request<Incoming>) -> http:
     let method = req.method().clone();
     let query = Query::parse(req.uri().query());
     let started = std::time::Instant::now();
-    let resp = match request::parse_path(&path) {
+    let target = request::parse_path(&path);
+    let req = match admit(&server, req, &method, &path, &target, &query).await {
+        Ok(req) => req,
+        Err(e) => return response::error(&e),
+    };
+    let resp = match target {
         Target::Version => response::json(200, &discovery::version()),
         Target::Health(_) => response::text(200, "ok"),
         Target::CoreVersions => discovery::core_response(req.headers(), &server.config),
@@ -287,4 +303,35 @@ async fn dispatch(server: Arc<ApiServer>, req: http::Request<Incoming>) -> http:
     };
     tracing::debug!(%method, %path, status = resp.status().as_u16(), micros = started.elapsed().as_micros() as u64, "request");
     resp
+}
+
+/// Authenticates and authorizes a request; the handlers then find its user in the extensions.
+async fn admit(
+    server: &ApiServer,
+    mut req: http::Request<Incoming>,
+    method: &http::Method,
+    path: &str,
+    target: &Target,
+    query: &Query,
+) -> Result<http::Request<Incoming>, ApiError> {
+    let peer = req
+        .extensions()
+        .get::<auth::PeerIdentity>()
+        .cloned()
+        .unwrap_or_default();
+    let user = match auth::authenticate(server, req.headers(), &peer).await? {
+        Some(user) => user,
+        None if auth::is_public(path) => {
+            auth::UserInfo::new("system:anonymous", &["system:unauthenticated"])
+        }
+        None => return Err(ApiError::unauthorized()),
+    };
+    let attrs = auth::attributes(&user, method, path, target, query);
+    match auth::authorize(server, &attrs).await {
+        auth::Decision::Allow => {}
+        auth::Decision::Deny(reason) => return Err(auth::forbidden(&attrs, &reason)),
+        auth::Decision::NoOpinion => return Err(auth::forbidden(&attrs, "")),
+    }
+    req.extensions_mut().insert(user);
+    Ok(req)
 }

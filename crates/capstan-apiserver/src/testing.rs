@@ -29,6 +29,8 @@ impl TestServer {
             service_cidr: "10.43.0.0/16".into(),
             node_port_range: (30000, 32767),
             tls_sans: vec![],
+            token_auth_file: None,
+            audit_log_path: None,
         };
         let (stop, rx) = watch::channel(false);
         let running = crate::start(config, store, rx)

@@ -51,6 +51,12 @@ pub struct ServerArgs {
     /// Extra names or addresses for the serving certificate (repeatable).
     #[arg(long)]
     pub tls_san: Vec<String>,
+    /// Static bearer tokens (CSV: token,user,uid,"group1,group2"), as upstream's flag.
+    #[arg(long)]
+    pub token_auth_file: Option<PathBuf>,
+    /// Write an audit log of every request here (JSON lines, one event per request).
+    #[arg(long)]
+    pub audit_log_path: Option<PathBuf>,
     #[command(flatten)]
     pub datastore: DatastoreFlags,
     #[command(flatten)]
@@ -189,6 +195,8 @@ pub fn run(mut args: ServerArgs) -> anyhow::Result<()> {
             service_cidr: args.service_cidr.clone(),
             node_port_range: port_range(&args.service_node_port_range)?,
             tls_sans: args.tls_san.clone(),
+            token_auth_file: args.token_auth_file.clone(),
+            audit_log_path: args.audit_log_path.clone(),
         };
         let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
         let running = capstan_apiserver::start(config, store.clone(), shutdown_rx.clone())

@@ -66,6 +66,12 @@ pub fn round_trip(info: &ResourceInfo, obj: &Value) -> Option<Result<Value, Deco
         "autoscaling" "HorizontalPodAutoscaler" => api::autoscaling::v2::HorizontalPodAutoscaler,
         "scheduling.k8s.io" "PriorityClass" => api::scheduling::v1::PriorityClass,
         "node.k8s.io" "RuntimeClass" => api::node::v1::RuntimeClass,
+        "authentication.k8s.io" "TokenReview" => api::authentication::v1::TokenReview,
+        "authentication.k8s.io" "SelfSubjectReview" => api::authentication::v1::SelfSubjectReview,
+        "authorization.k8s.io" "LocalSubjectAccessReview" => api::authorization::v1::LocalSubjectAccessReview,
+        "authorization.k8s.io" "SelfSubjectAccessReview" => api::authorization::v1::SelfSubjectAccessReview,
+        "authorization.k8s.io" "SelfSubjectRulesReview" => api::authorization::v1::SelfSubjectRulesReview,
+        "authorization.k8s.io" "SubjectAccessReview" => api::authorization::v1::SubjectAccessReview,
         "apiextensions.k8s.io" "CustomResourceDefinition" => k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
     }
 }

@@ -83,7 +83,7 @@ async fn read_body(body: Incoming) -> Result<bytes::Bytes, ApiError> {
     }
 }
 
-fn content_type(headers: &http::HeaderMap) -> String {
+pub(crate) fn content_type(headers: &http::HeaderMap) -> String {
     headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -178,6 +178,15 @@ async fn handle_inner(
                 verb_allowed("list")?;
                 read::list(server, &rp, &headers, &q).await
             }
+        }
+        (&Method::POST, false) if info.is_review() => {
+            let body = read_body(body).await?;
+            let user = parts
+                .extensions
+                .get::<crate::auth::UserInfo>()
+                .cloned()
+                .unwrap_or_default();
+            crate::auth::reviews::create(server, &rp, &user, &headers, &q, body).await
         }
         (&Method::POST, false) => {
             verb_allowed("create")?;

@@ -93,9 +93,10 @@ pub fn copy_stream(mut input: impl Read, stream: Stream, file: Arc<Mutex<File>>)
         if failed.is_some() {
             return;
         }
-        let record = format_record(Timestamp::now(), stream, partial, msg);
+        // The time is read under the lock, so records of both streams stay in time order in
+        // the shared file.
         let result = match file.lock() {
-            Ok(mut f) => f.write_all(&record),
+            Ok(mut f) => f.write_all(&format_record(Timestamp::now(), stream, partial, msg)),
             Err(_) => Err(io::Error::other("log file lock poisoned")),
         };
         if let Err(e) = result {
