@@ -1,9 +1,12 @@
 //! End-to-end tests: `capstan server` runs as a real process (its own data dir and port) and the
 //! stock kubectl binaries drive it. See harness.rs for the process handling.
 
+mod admission;
+mod authn;
 mod bad_input;
 mod deployments;
 mod dns;
+mod encryption;
 mod ha;
 mod harness;
 mod images;
@@ -11,7 +14,9 @@ mod jobs;
 mod kubectl_workflow;
 mod lifecycle;
 mod node;
+mod nodeauth;
 mod pods;
+mod rbac;
 mod restart;
 mod runtime;
 mod scheduler;

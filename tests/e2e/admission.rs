@@ -1,0 +1,1 @@
+//! Admission end to end: Pod Security, LimitRange, ResourceQuota, DefaultTolerationSeconds, Priority.

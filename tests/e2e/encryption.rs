@@ -1,0 +1,1 @@
+//! Secrets encrypted at rest end to end: raw store values hold no plaintext; key rotation.

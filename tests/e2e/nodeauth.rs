@@ -1,0 +1,1 @@
+//! Node credentials end to end: join token, node identity, Node authorizer, kubelet API authentication.
