@@ -3,6 +3,7 @@
 //! passes [`authenticate`] then [`authorize`] in `server::dispatch` before any handler runs; the
 //! handlers find the [`UserInfo`] in the request's extensions.
 
+pub mod join;
 pub mod node;
 pub mod rbac;
 pub mod reviews;
