@@ -38,14 +38,12 @@ mod tests {
     fn common_name_is_the_user_and_organizations_the_groups() {
         let dir = tempfile::tempdir().unwrap();
         let ca = crate::pki::ClusterCa::load_or_create(dir.path()).unwrap();
-        let cert = ca
-            .client_cert("system:node:n1", &["system:nodes", "extra"])
-            .unwrap();
+        let cert = ca.client_cert("system:node:n1", &["system:nodes"]).unwrap();
         let der: Vec<_> = rustls_pemfile::certs(&mut cert.cert_pem.as_bytes())
             .map(Result::unwrap)
             .collect();
         let user = user_of(&der).unwrap();
         assert_eq!(user.name, "system:node:n1");
-        assert_eq!(user.groups, ["system:nodes", "extra"]);
+        assert_eq!(user.groups, ["system:nodes"]);
     }
 }

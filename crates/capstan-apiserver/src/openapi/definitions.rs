@@ -85,7 +85,8 @@ pub(super) fn all_definitions() -> Map<String, Value> {
             .entry(name.clone())
             .or_insert_with(|| schema.clone());
     }
-    for info in RESOURCES {
+    // Review kinds are only created, never listed: upstream has no list kind for them.
+    for info in RESOURCES.iter().filter(|r| !r.is_review()) {
         definitions.insert(list_definition_name(info), list_schema(info));
     }
     tag_group_version_kinds(&mut definitions);
@@ -128,6 +129,9 @@ fn tag_group_version_kinds(definitions: &mut Map<String, Value>) {
     let mut tags: Vec<(String, Vec<Gvk>)> = Vec::new();
     for info in RESOURCES {
         tags.push((definition_name(info), vec![Gvk::of(info)]));
+        if info.is_review() {
+            continue;
+        }
         let list_kind = info.list_kind();
         tags.push((
             list_definition_name(info),
