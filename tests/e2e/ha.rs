@@ -163,8 +163,15 @@ fn writes_survive_etcd_leader_and_server_kills_with_one_lease_holder() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let etcd = EtcdCluster::start(3).expect("start a three-member etcd cluster");
     let endpoint = etcd_endpoint(&etcd);
+    // Servers sharing a datastore share the Secrets encryption key file too.
+    let keys = tempfile::tempdir().expect("key dir");
+    let key_file = keys.path().join("encryption.json");
     let options = || ServerOptions {
         datastore_endpoint: Some(endpoint.clone()),
+        extra_args: vec![
+            "--encryption-key-file".into(),
+            key_file.to_str().expect("utf-8 path").into(),
+        ],
         ..ServerOptions::default()
     };
     let mut servers = [Server::start_with(options()), Server::start_with(options())];
@@ -195,6 +202,32 @@ fn writes_survive_etcd_leader_and_server_kills_with_one_lease_holder() {
 
     rt.block_on(async {
         until(Duration::from_secs(30), "first writes through both servers", || acked(0) >= 20 && acked(1) >= 20).await;
+        // A Secret written through one server reads back through the other: one shared key.
+        let secret = json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "ha-shared-key"}, "data": {"k": "c2hhcmVk"}});
+        let created = client
+            .post(format!("{}/api/v1/namespaces/default/secrets", urls[0]))
+            .json(&secret)
+            .send()
+            .await
+            .expect("create secret");
+        assert!(created.status().is_success(), "create secret: {}", created.status());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = client
+                .get(format!("{}/api/v1/namespaces/default/secrets/ha-shared-key", urls[1]))
+                .send()
+                .await;
+            if let Ok(r) = got
+                && r.status().is_success()
+            {
+                let v: Value = r.json().await.expect("secret JSON");
+                assert_eq!(v["data"]["k"], "c2hhcmVk");
+                break;
+            }
+            assert!(Instant::now() < deadline, "secret not readable through server 1");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         let holder = lease_holder(&client, &urls[1]).await;
         assert!(holder.is_some(), "no controller-manager lease holder after start-up");
 

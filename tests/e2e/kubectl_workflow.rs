@@ -727,6 +727,20 @@ fn get_all_namespaces(server: &Server, k: Kubectl) {
 fn seed_example_round_trip(server: &Server, k: Kubectl) {
     let file = fixture_path("seed-mysql.yaml");
     let file = file.to_str().expect("utf-8 path");
+    // The example's hostPath volume needs the privileged Pod Security level.
+    server
+        .kubectl(
+            k,
+            &[
+                "label",
+                "namespace",
+                "default",
+                "pod-security.kubernetes.io/enforce=privileged",
+                "--overwrite",
+            ],
+            None,
+        )
+        .ok();
     let out = server.kubectl(k, &["apply", "-f", file], None).ok();
     assert_eq!(
         out.lines(),

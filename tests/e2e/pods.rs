@@ -19,6 +19,17 @@ fn pods_stateful_example_configmap_secret_and_host_path_survive_recreate() {
     let node = Node::start();
     let ns = "stateful";
     namespace(&node, ns);
+    // hostPath volumes need the privileged Pod Security level (baseline is the default).
+    node.kubectl(
+        &[
+            "label",
+            "namespace",
+            ns,
+            "pod-security.kubernetes.io/enforce=privileged",
+        ],
+        None,
+    )
+    .ok();
     let data = node.server.scratch().join("mysql-data");
     node.apply(&format!(
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: mysql-config\n  namespace: {ns}\ndata:\n  mysql.cnf: |\n    [mysqld]\n    character-set-server=utf8mb4\n---\n\
@@ -351,13 +362,14 @@ fn pods_run_on_a_node_joined_with_capstan_agent() {
     assert!(import.success());
     let node = NodeSettings::unique(dir.path());
     let log = std::fs::File::create(dir.path().join("agent.log")).expect("agent log");
+    let token = std::fs::read_to_string(server.data_dir().join("token")).expect("join token");
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_capstan"))
         .args([
             "agent",
             "--server",
             &server.url(),
             "--token",
-            "e2e-token",
+            token.trim(),
             "--data-dir",
         ])
         .arg(dir.path())

@@ -55,6 +55,20 @@ fn populate(server: &Server) {
         .collect();
     server.kubectl(K, &["apply", "-f", "-"], Some(&many)).ok();
     let seed = fixture_path("seed-mysql.yaml");
+    // The example's hostPath volume needs the privileged Pod Security level.
+    server
+        .kubectl(
+            K,
+            &[
+                "label",
+                "namespace",
+                "default",
+                "pod-security.kubernetes.io/enforce=privileged",
+                "--overwrite",
+            ],
+            None,
+        )
+        .ok();
     server
         .kubectl(K, &["apply", "-f", seed.to_str().expect("utf-8")], None)
         .ok();

@@ -45,11 +45,28 @@ struct Node {
 }
 
 impl Node {
-    fn start() -> Node {
+    /// `server_tls`: the server's CA directory; the kubelet gets a serving certificate from it
+    /// and lets in client certificates it signed, as a joined node does.
+    fn start(server_tls: &Path) -> Node {
         let data = tempfile::Builder::new()
             .prefix("capstan-stream-")
             .tempdir()
             .expect("temp dir");
+        let admin = capstan_apiserver::auth::UserInfo::new("system:admin", &["system:masters"]);
+        let ask = capstan_apiserver::auth::join::CredentialsRequest {
+            node_name: "stream-node".into(),
+            addresses: vec![],
+        };
+        let creds = capstan_apiserver::auth::join::issue(server_tls, &admin, &ask)
+            .expect("node credentials");
+        std::fs::create_dir_all(data.path().join("pki")).expect("pki dir");
+        for (file, pem) in [
+            ("ca.crt", &creds.ca_cert),
+            ("kubelet.crt", &creds.serving_cert),
+            ("kubelet.key", &creds.serving_key),
+        ] {
+            std::fs::write(data.path().join("pki").join(file), pem).expect("node credentials");
+        }
         let tag = data
             .path()
             .file_name()
@@ -473,7 +490,7 @@ fn exercise(server: &Server, k: Kubectl, pod: &str, scratch: &Path) {
 #[test]
 fn kubectl_logs_exec_cp_attach_port_forward_through_the_kubelet_api() {
     let server = Server::start();
-    let node = Node::start();
+    let node = Node::start(&server.data_dir().join("tls"));
     let node_name = format!("stream-node-{}", node.port);
     let pod = "web";
     let uid = register(&server, &node, &node_name, pod);

@@ -84,9 +84,7 @@ pub fn pod_spec(s: &mut Map<String, Value>) {
     set(s, "terminationGracePeriodSeconds", json!(30));
     set(s, "securityContext", json!({}));
     set(s, "enableServiceLinks", json!(true));
-    if !s.contains_key("priorityClassName") {
-        set(s, "priority", json!(0));
-    }
+    // spec.priority is the Priority admission plugin's to set (from the class).
     set(s, "preemptionPolicy", json!("PreemptLowerPriority"));
     let host_network = s.get("hostNetwork").and_then(Value::as_bool) == Some(true);
     for key in ["containers", "initContainers"] {
@@ -456,7 +454,7 @@ mod tests {
         assert_eq!(s["terminationGracePeriodSeconds"], 30);
         assert_eq!(s["securityContext"], json!({}));
         assert_eq!(s["enableServiceLinks"], true);
-        assert_eq!(s["priority"], 0);
+        assert!(s.get("priority").is_none());
         let pulls: Vec<&str> = (0..4)
             .map(|i| s["containers"][i]["imagePullPolicy"].as_str().unwrap())
             .collect();

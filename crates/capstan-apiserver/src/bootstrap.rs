@@ -61,6 +61,8 @@ pub async fn ensure_initial_objects(
     for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
         ensure(server, "namespaces", None, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": {"kubernetes.io/metadata.name": ns}}})).await?;
     }
+    crate::auth::rbac::bootstrap::ensure(server).await?;
+    crate::admission::priority::ensure_builtin(server).await?;
     let ip = crate::allocator::first_service_ip(&server.config.service_cidr)
         .map_err(ApiError::internal)?;
     let svc = json!({

@@ -4,6 +4,7 @@
 //! objects a cluster starts with, and authentication, authorization and admission of every
 //! request. It owns no scheduling or controller logic.
 
+pub mod admission;
 pub mod allocator;
 pub mod auth;
 pub mod bootstrap;

@@ -28,6 +28,8 @@ pub enum PkiError {
     Store(#[from] capstan_store::StoreError),
     #[error("cluster CA stored at {CA_KEY} is unreadable")]
     CorruptStoredCa(#[source] serde_json::Error),
+    #[error("the value stored at {0} is unreadable")]
+    CorruptStored(&'static str),
 }
 
 /// Store key of the cluster CA (certificate and key PEM), shared by all API servers.
@@ -190,6 +192,30 @@ impl ClusterCa {
         params
             .distinguished_name
             .push(DnType::CommonName, "kube-apiserver");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        self.sign(params)
+    }
+
+    /// A kubelet serving certificate: `CN=system:node:<name>`, `O=system:nodes`, the node's
+    /// names and addresses as SANs.
+    pub fn kubelet_serving_cert(
+        &self,
+        user: &str,
+        dns: &[String],
+        ips: &[IpAddr],
+    ) -> Result<CertKey, PkiError> {
+        let mut params = CertificateParams::new(dns.to_vec())?;
+        for ip in ips {
+            params.subject_alt_names.push(SanType::IpAddress(*ip));
+        }
+        params.distinguished_name.push(DnType::CommonName, user);
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "system:nodes");
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,

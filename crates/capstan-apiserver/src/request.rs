@@ -23,6 +23,10 @@ pub enum Target {
     OpenApiV3(String),
     Resource(ResourcePath),
     NotFound,
+    /// `/cacerts`: the cluster CA, unauthenticated (auth::join).
+    CaCerts,
+    /// `/v1-capstan/node-credentials`: node certificates for a join token (auth::join).
+    NodeCredentials,
 }
 
 /// A URL under a served resource.
@@ -74,6 +78,8 @@ pub fn parse_path(path: &str) -> Target {
         "/apis" => return Target::Groups,
         "/openapi/v2" => return Target::OpenApiV2,
         "/openapi/v3" => return Target::OpenApiV3Index,
+        crate::auth::join::CACERTS_PATH => return Target::CaCerts,
+        crate::auth::join::CREDENTIALS_PATH => return Target::NodeCredentials,
         _ => {}
     }
     if let Some(rest) = path.strip_prefix("/openapi/v3/") {

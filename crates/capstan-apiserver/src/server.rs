@@ -68,7 +68,15 @@ pub struct ApiServer {
     pub write_lock: tokio::sync::Mutex<()>,
     /// Signs service account tokens (TokenRequest).
     pub tokens: crate::tokens::TokenSigner,
+    /// Users of `--token-auth-file`, read at start.
+    pub static_tokens: auth::tokens::StaticTokens,
+    /// The audit log's queue, when `--audit-log-path` is set.
+    pub audit: Option<auth::audit::AuditLog>,
 }
+
+/// The client's address, put in every request's extensions by the accept loop.
+#[derive(Clone, Copy, Debug)]
+pub struct PeerAddr(pub SocketAddr);
 
 /// A running API server: the bound address and a future that completes on shutdown.
 pub struct Running {
@@ -131,8 +139,13 @@ pub async fn start(
     store: Arc<dyn Store>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<Running, ServeError> {
+    let static_tokens = match &config.token_auth_file {
+        Some(path) => auth::tokens::StaticTokens::load(path).map_err(ServeError::Config)?,
+        None => auth::tokens::StaticTokens::default(),
+    };
     let tls_dir = config.data_dir.join("tls");
     let ca = ClusterCa::shared(store.as_ref(), &tls_dir).await?;
+    auth::join::ensure(store.as_ref(), &config.data_dir, &ca.cert_pem).await?;
     let tls = tls_config(&ca, &config)?;
     let addr = SocketAddr::new(config.bind_address, config.https_port);
     let listener = TcpListener::bind(addr)
@@ -163,8 +176,21 @@ pub async fn start(
     let tokens = crate::tokens::TokenSigner::shared(store.as_ref())
         .await
         .map_err(|e| ServeError::Bootstrap(e.to_string()))?;
+    let mut audit_task = None;
+    let audit = match &config.audit_log_path {
+        Some(path) => {
+            let (log, task) = auth::audit::AuditLog::start(path, shutdown.clone())
+                .await
+                .map_err(|e| ServeError::Config(format!("audit log {}: {e}", path.display())))?;
+            audit_task = Some(task);
+            Some(log)
+        }
+        None => None,
+    };
     let server = Arc::new(ApiServer {
         tokens,
+        static_tokens,
+        audit,
         store,
         cache,
         config,
@@ -196,16 +222,18 @@ pub async fn start(
     ));
     let endpoints_task = tokio::spawn(endpoints.run(shutdown));
     tracing::info!(%addr, kubeconfig = %kubeconfig_path.display(), "API server listening");
+    let mut tasks = vec![
+        cache_task,
+        accept_task,
+        compact_task,
+        repair_task,
+        endpoints_task,
+    ];
+    tasks.extend(audit_task);
     Ok(Running {
         addr,
         server,
-        tasks: vec![
-            cache_task,
-            accept_task,
-            compact_task,
-            repair_task,
-            endpoints_task,
-        ],
+        tasks,
     })
 }
 
@@ -250,6 +278,7 @@ async fn accept_loop(
             let svc = service_fn(move |mut req: http::Request<Incoming>| {
                 let server = server.clone();
                 req.extensions_mut().insert(identity.clone());
+                req.extensions_mut().insert(PeerAddr(peer));
                 async move { Ok::<_, std::convert::Infallible>(dispatch(server, req).await) }
             });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -272,11 +301,52 @@ async fn dispatch(server: Arc<ApiServer>, req: http::Request<Incoming>) -> http:
     let query = Query::parse(req.uri().query());
     let started = std::time::Instant::now();
     let target = request::parse_path(&path);
-    let req = match admit(&server, req, &method, &path, &target, &query).await {
-        Ok(req) => req,
-        Err(e) => return response::error(&e),
+    if target == Target::CaCerts {
+        // Public: agents fetch the CA before they have credentials (checked against the token).
+        return auth::join::cacerts(&server, &method);
+    }
+    let audit_start = server.audit.as_ref().map(|_| {
+        let peer = req.extensions().get::<PeerAddr>().map(|p| p.0.ip());
+        let verb = auth::verb_of(&method, &target, &query);
+        auth::audit::Start::new(req.headers(), req.uri(), peer, verb, &target)
+    });
+    let mut who = Admitted::default();
+    let (resp, refusal) = match admit(&server, req, &method, &path, &target, &query, &mut who).await
+    {
+        Ok(req) => (
+            route(&server, req, &method, &path, target, query).await,
+            None,
+        ),
+        Err(e) => (response::error(&e), Some(e)),
     };
-    let resp = match target {
+    let resp = match (&server.audit, &audit_start) {
+        (Some(log), Some(start)) => {
+            let event = auth::audit::event(
+                start,
+                &auth::audit::Finish {
+                    user: who.requestor.as_ref(),
+                    impersonated: who.impersonated.as_ref(),
+                    code: resp.status().as_u16(),
+                    error: refusal.as_ref(),
+                },
+            );
+            log.on_complete(resp, event)
+        }
+        _ => resp,
+    };
+    tracing::debug!(%method, %path, status = resp.status().as_u16(), micros = started.elapsed().as_micros() as u64, "request");
+    resp
+}
+
+async fn route(
+    server: &Arc<ApiServer>,
+    req: http::Request<Incoming>,
+    method: &http::Method,
+    path: &str,
+    target: Target,
+    query: Query,
+) -> http::Response<Body> {
+    match target {
         Target::Version => response::json(200, &discovery::version()),
         Target::Health(_) => response::text(200, "ok"),
         Target::CoreVersions => discovery::core_response(req.headers(), &server.config),
@@ -296,16 +366,26 @@ async fn dispatch(server: Arc<ApiServer>, req: http::Request<Incoming>) -> http:
         Target::OpenApiV3Index => response::json(200, crate::openapi::openapi_v3_index()),
         Target::OpenApiV3(p) => match crate::openapi::openapi_v3_group_version(&p) {
             Some(doc) => response::json(200, doc),
-            None => response::error(&ApiError::path_not_found(&path)),
+            None => response::error(&ApiError::path_not_found(path)),
         },
-        Target::Resource(rp) => handlers::handle(&server, rp, req, query).await,
-        Target::NotFound => response::error(&ApiError::path_not_found(&path)),
-    };
-    tracing::debug!(%method, %path, status = resp.status().as_u16(), micros = started.elapsed().as_micros() as u64, "request");
-    resp
+        Target::Resource(rp) => handlers::handle(server, rp, req, query).await,
+        Target::NotFound => response::error(&ApiError::path_not_found(path)),
+        Target::CaCerts => auth::join::cacerts(server, method),
+        Target::NodeCredentials => auth::join::credentials(server, req)
+            .await
+            .unwrap_or_else(|e| response::error(&e)),
+    }
 }
 
-/// Authenticates and authorizes a request; the handlers then find its user in the extensions.
+/// Who a request came from and, with impersonation headers, whom it acts as (for the audit log).
+#[derive(Default)]
+struct Admitted {
+    requestor: Option<auth::UserInfo>,
+    impersonated: Option<auth::UserInfo>,
+}
+
+/// Authenticates (client certificate or bearer token), applies impersonation and authorizes a
+/// request; the handlers then find the user it acts as in the extensions.
 async fn admit(
     server: &ApiServer,
     mut req: http::Request<Incoming>,
@@ -313,18 +393,30 @@ async fn admit(
     path: &str,
     target: &Target,
     query: &Query,
+    who: &mut Admitted,
 ) -> Result<http::Request<Incoming>, ApiError> {
     let peer = req
         .extensions()
         .get::<auth::PeerIdentity>()
         .cloned()
         .unwrap_or_default();
-    let user = match auth::authenticate(server, req.headers(), &peer).await? {
+    let requestor = match auth::authenticate(server, req.headers(), &peer).await? {
         Some(user) => user,
         None if auth::is_public(path) => {
             auth::UserInfo::new("system:anonymous", &["system:unauthenticated"])
         }
         None => return Err(ApiError::unauthorized()),
+    };
+    // Credentials are not passed on (e.g. to a kubelet through a proxy), as upstream.
+    req.headers_mut().remove(http::header::AUTHORIZATION);
+    who.requestor = Some(requestor.clone());
+    let user = if auth::impersonation::requested(req.headers()) {
+        let acting = auth::impersonation::impersonate(server, &requestor, req.headers()).await?;
+        auth::impersonation::strip(req.headers_mut());
+        who.impersonated = acting.clone();
+        acting.unwrap_or(requestor)
+    } else {
+        requestor
     };
     let attrs = auth::attributes(&user, method, path, target, query);
     match auth::authorize(server, &attrs).await {

@@ -20,9 +20,18 @@ pub struct TestServer {
 impl TestServer {
     /// Starts a server on `store`; panics (it is test support) if it cannot.
     pub async fn start(store: Arc<dyn Store>) -> TestServer {
+        TestServer::start_with(store, |_, _| {}).await
+    }
+
+    /// Like [`TestServer::start`], with `configure` adjusting the configuration first (it gets
+    /// the data dir, e.g. to place a token file or the audit log).
+    pub async fn start_with(
+        store: Arc<dyn Store>,
+        configure: impl FnOnce(&Path, &mut ServerConfig),
+    ) -> TestServer {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let dir = tempfile::tempdir().expect("temp data dir");
-        let config = ServerConfig {
+        let mut config = ServerConfig {
             data_dir: dir.path().to_path_buf(),
             bind_address: [127, 0, 0, 1].into(),
             https_port: 0,
@@ -32,6 +41,7 @@ impl TestServer {
             token_auth_file: None,
             audit_log_path: None,
         };
+        configure(dir.path(), &mut config);
         let (stop, rx) = watch::channel(false);
         let running = crate::start(config, store, rx)
             .await

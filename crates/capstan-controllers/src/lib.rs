@@ -14,6 +14,7 @@
 //! `node_lifecycle` (unreachable/not-ready conditions and taints, NoExecute evictions).
 //! `statefulset` (ordinal pods, claims, ControllerRevisions) and `daemonset` (a pod per node).
 
+pub mod clusterrole_aggregation;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
@@ -222,6 +223,7 @@ pub async fn run_controllers_with(
         ),
         serviceaccount::run_with_root_ca(client.clone(), options.root_ca_pem.clone(), stop.clone()),
         namespace::run(client.clone(), stop.clone()),
+        Box::pin(clusterrole_aggregation::run(client.clone(), stop.clone())),
         resourcequota::run(client.clone(), stop.clone()),
         disruption::run(client.clone(), stop.clone()),
         node_ipam::run(

@@ -118,6 +118,8 @@ fn pod(name: &str, node: &str, tolerations: serde_json::Value) -> Pod {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_nodes_are_tainted_their_pods_evicted_and_recovery_untaints() {
+    // The API server's DefaultTolerationSeconds admission gives pods these tolerations.
+    capstan_apiserver::admission::tolerations::set_default_seconds(TOLERATION, TOLERATION);
     let server = TestServer::start(Arc::new(MemoryStore::new())).await;
     let client = server.client().await;
     // kube-node-lease exists from the start, as upstream.

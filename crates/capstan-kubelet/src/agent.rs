@@ -216,7 +216,8 @@ pub async fn run_agent(
     let tasks = CancellationToken::new();
     // Whatever started is stopped again if start-up fails half-way.
     let _stop_on_error = tasks.clone().drop_guard();
-    let (kubelet_addr, server_task) = start_kubelet_api(c, runtime.clone(), tasks.clone()).await?;
+    let (kubelet_addr, server_task) =
+        start_kubelet_api(c, runtime.clone(), client.clone(), tasks.clone()).await?;
     tracing::info!(addr = %kubelet_addr, "kubelet API listening");
 
     let mut identity = NodeIdentity {
@@ -305,6 +306,7 @@ pub async fn run_agent(
 async fn start_kubelet_api(
     c: &AgentConfig,
     runtime: Arc<dyn RuntimeService>,
+    client: kube::Client,
     stop: CancellationToken,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), KubeletError> {
     let config = crate::server::KubeletServerConfig {
@@ -312,7 +314,11 @@ async fn start_kubelet_api(
         cert_dir: c.data_dir.join("agent/pki"),
         pods_dir: c.data_dir.join("pods"),
     };
-    crate::server::serve(config, runtime, stop)
+    let auth = crate::server::auth::KubeletAuth {
+        node_name: c.node_name.clone(),
+        api: Some(client),
+    };
+    crate::server::serve_with(config, runtime, auth, stop)
         .await
         .map_err(|e| KubeletError::Setup(format!("starting the kubelet API: {e}")))
 }

@@ -14,6 +14,7 @@ use std::path::Path;
 use tokio::sync::mpsc;
 
 pub mod conformance;
+pub mod encryption;
 pub mod etcd;
 mod fanout;
 pub mod memory;

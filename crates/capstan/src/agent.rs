@@ -3,9 +3,12 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use capstan_apiserver::auth::UserInfo;
+use capstan_apiserver::auth::join::{self, CredentialsRequest, JoinToken, NodeCredentials};
+use capstan_apiserver::pki::{self, CertKey};
 use capstan_kubelet::AgentConfig;
 use clap::Args;
 use tokio_util::sync::CancellationToken;
@@ -124,26 +127,183 @@ pub struct AgentArgs {
     /// URL of the API server, e.g. https://10.0.0.1:6443.
     #[arg(long)]
     pub server: String,
-    /// Bearer token for the API server.
-    #[arg(long)]
-    pub token: String,
-    /// Directory for the node's state (runtime, images, pods).
+    /// The node join token (`capstan token` on a server); not needed once this node has
+    /// its credentials in the data dir.
+    #[arg(long, env = "CAPSTAN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Directory for the node's state (runtime, images, pods, credentials).
     #[arg(long, default_value = "/var/lib/capstan")]
     pub data_dir: PathBuf,
     #[command(flatten)]
     pub node: NodeFlags,
 }
 
-/// A client for `server` with `token`. TLS verification is skipped until the security issue
-/// gives agents the cluster CA (join tokens carrying its hash, as k3s does).
-async fn client(server: &str, token: &str) -> anyhow::Result<kube::Client> {
-    let url: http::Uri = server
+/// Where a node keeps its credentials: the kubelet API reads `ca.crt` and `kubelet.{crt,key}`
+/// (serving) from [`pki_dir`]; the agent talks to the API server with `kubelet.kubeconfig`.
+pub fn pki_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("agent/pki")
+}
+
+fn kubeconfig_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("agent/kubelet.kubeconfig")
+}
+
+fn write_credentials(data_dir: &Path, creds: &NodeCredentials) -> anyhow::Result<()> {
+    let dir = pki_dir(data_dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    for (name, pem) in [
+        ("ca.crt", &creds.ca_cert),
+        ("client-kubelet.crt", &creds.client_cert),
+        ("client-kubelet.key", &creds.client_key),
+        ("kubelet.crt", &creds.serving_cert),
+        ("kubelet.key", &creds.serving_key),
+    ] {
+        pki::write_private(&dir.join(name), pem.as_bytes())
+            .with_context(|| format!("writing {name}"))?;
+    }
+    Ok(())
+}
+
+/// Gives the server's own node a kubelet serving certificate signed by the cluster CA in
+/// `<data_dir>/tls`, so the API server can verify it (the in-process agent needs no join).
+pub fn issue_local_credentials(data_dir: &Path, config: &AgentConfig) -> anyhow::Result<()> {
+    let admin = UserInfo::new("system:admin", &["system:masters"]);
+    let creds = join::issue(&data_dir.join("tls"), &admin, &ask(config))
+        .map_err(|e| anyhow::anyhow!("signing the node's certificates: {}", e.message))?;
+    write_credentials(data_dir, &creds)
+}
+
+fn ask(config: &AgentConfig) -> CredentialsRequest {
+    let mut addresses = vec![config.node_ip.to_string()];
+    if let Ok(h) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        let h = h.trim().to_lowercase();
+        if !h.is_empty() {
+            addresses.push(h);
+        }
+    }
+    CredentialsRequest {
+        node_name: config.node_name.clone(),
+        addresses,
+    }
+}
+
+fn ders(pem: &str) -> anyhow::Result<Vec<Vec<u8>>> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .map(|c| c.map(|c| c.to_vec()))
+        .collect::<Result<Vec<_>, _>>()
+        .context("reading the CA certificate")?;
+    anyhow::ensure!(!certs.is_empty(), "the CA certificate is empty");
+    Ok(certs)
+}
+
+fn url_of(server: &str) -> anyhow::Result<http::Uri> {
+    server
         .parse()
-        .with_context(|| format!("--server {server:?}"))?;
-    let mut config = kube::Config::new(url);
+        .with_context(|| format!("--server {server:?}"))
+}
+
+/// The cluster CA as the server serves it, checked against the token's hash (the only
+/// request made without verifying the server: what it answers is checked instead).
+async fn fetch_ca(server: &str, token: &JoinToken) -> anyhow::Result<String> {
+    let mut config = kube::Config::new(url_of(server)?);
     config.accept_invalid_certs = true;
-    config.auth_info.token = Some(token.to_string().into());
-    kube::Client::try_from(config).context("API client")
+    let client = kube::Client::try_from(config).context("API client")?;
+    let req = http::Request::get(join::CACERTS_PATH)
+        .body(Vec::new())
+        .context("building the CA request")?;
+    let pem = client
+        .request_text(req)
+        .await
+        .with_context(|| format!("fetching the cluster CA from {server}"))?;
+    anyhow::ensure!(
+        join::ca_hash(&pem) == token.ca_hash,
+        "the CA served by {server} does not match the join token's CA hash (wrong server or token)"
+    );
+    Ok(pem)
+}
+
+/// Joins the cluster with `token`: verified CA, then node certificates from the server.
+async fn join_cluster(
+    server: &str,
+    token: &str,
+    config: &AgentConfig,
+) -> anyhow::Result<NodeCredentials> {
+    let token = JoinToken::parse(token).context(
+        "--token: not a capstan join token (K10<ca-hash>::node:<secret>; see `capstan token`)",
+    )?;
+    let ca_pem = fetch_ca(server, &token).await?;
+    let mut kc = kube::Config::new(url_of(server)?);
+    kc.root_cert = Some(ders(&ca_pem)?);
+    kc.auth_info.token = Some(token.to_string().into());
+    let client = kube::Client::try_from(kc).context("API client")?;
+    let body =
+        serde_json::json!({"nodeName": config.node_name, "addresses": ask(config).addresses});
+    let req = http::Request::post(join::CREDENTIALS_PATH)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(serde_json::to_vec(&body)?)
+        .context("building the credentials request")?;
+    client
+        .request::<NodeCredentials>(req)
+        .await
+        .with_context(|| format!("requesting node credentials from {server}"))
+}
+
+/// The node's client for `server`: its existing credentials when they are for this node,
+/// else new ones got with the join token. TLS is verified against the cluster CA.
+async fn node_client(args: &AgentArgs, config: &AgentConfig) -> anyhow::Result<kube::Client> {
+    let pki = pki_dir(&args.data_dir);
+    let read = |name: &str| std::fs::read_to_string(pki.join(name)).ok();
+    let existing = match (
+        read("ca.crt"),
+        read("client-kubelet.crt"),
+        read("client-kubelet.key"),
+    ) {
+        // A token for another CA (a re-created cluster) means joining again.
+        (Some(ca), Some(crt), Some(key))
+            if join::usable_node_cert(&crt, &config.node_name)
+                && read("kubelet.crt").is_some()
+                && args
+                    .token
+                    .as_deref()
+                    .and_then(JoinToken::parse)
+                    .is_none_or(|t| t.ca_hash == join::ca_hash(&ca)) =>
+        {
+            Some(CertKey {
+                cert_pem: crt,
+                key_pem: key,
+            })
+            .map(|c| (ca, c))
+        }
+        _ => None,
+    };
+    let (ca, client) = match existing {
+        Some(found) => found,
+        None => {
+            let token = args.token.as_deref().context(
+                "this node has no credentials yet: pass --token (printed by `capstan token` on a server)",
+            )?;
+            let creds = join_cluster(&args.server, token, config).await?;
+            write_credentials(&args.data_dir, &creds)?;
+            tracing::info!(node = %config.node_name, "joined the cluster; node credentials written");
+            (
+                creds.ca_cert.clone(),
+                CertKey {
+                    cert_pem: creds.client_cert,
+                    key_pem: creds.client_key,
+                },
+            )
+        }
+    };
+    let path = kubeconfig_path(&args.data_dir);
+    let server = args.server.trim_end_matches('/');
+    pki::write_private(
+        &path,
+        pki::kubeconfig(server, &ca, &client, "capstan").as_bytes(),
+    )
+    .context("writing the node's kubeconfig")?;
+    crate::explain::client_from(&path).await
 }
 
 pub fn run(args: AgentArgs) -> anyhow::Result<()> {
@@ -153,7 +313,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     rt.block_on(async move {
-        let client = client(&args.server, &args.token).await?;
+        let client = node_client(&args, &config).await?;
         let stop = CancellationToken::new();
         let mut agent = tokio::spawn(capstan_kubelet::run_agent(config, client, stop.clone()));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -10,9 +10,11 @@ mod images;
 mod pause;
 mod ps;
 mod scheduler;
+mod secrets;
 mod server;
 mod shim;
 mod simulate;
+mod token;
 
 use clap::{Parser, Subcommand};
 
@@ -38,6 +40,8 @@ enum Command {
     Server(Box<server::ServerArgs>),
     /// Run the node agent (kubelet) against an existing server.
     Agent(agent::AgentArgs),
+    /// Print the node join token of a server's data dir (for `capstan agent --token`).
+    Token(token::TokenArgs),
     /// Run a scheduler on its own against an existing cluster (another schedulerName, benchmarks).
     Scheduler(scheduler::SchedulerArgs),
     /// Register simulated nodes that run pods without containers (the kwok role).
@@ -46,6 +50,8 @@ enum Command {
     Explain(explain::ExplainArgs),
     /// Datastore maintenance: snapshots (save, restore, ls).
     Datastore(datastore::DatastoreArgs),
+    /// Secrets encryption at rest: key status and rotation.
+    SecretsEncrypt(secrets::SecretsEncryptArgs),
     /// The node's image store: import, pull, ls, inspect, rm.
     Images(images::ImagesArgs),
     /// The node's containers and pod sandboxes (like crictl ps / pods).
@@ -93,11 +99,13 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Server(a) => server::run(*a),
         Command::Agent(a) => agent::run(a),
+        Command::Token(a) => token::run(a),
         Command::Scheduler(a) => scheduler::run(a),
         Command::SimulateNodes(a) => simulate::run(a),
         Command::Explain(a) => explain::run(a),
         Command::Datastore(a) => datastore::run(a),
         Command::Images(a) => images::run(a),
+        Command::SecretsEncrypt(a) => secrets::run(a),
         Command::Ps(a) => ps::run(a),
         Command::Shim(a) => shim::run(a),
         Command::Pause(a) => pause::run(a),

@@ -65,6 +65,8 @@ pub struct ServerArgs {
     pub node: crate::agent::NodeFlags,
     #[command(flatten)]
     pub lifecycle: LifecycleFlags,
+    #[command(flatten)]
+    pub encryption: crate::secrets::EncryptionFlags,
 }
 
 /// Node lifecycle and pod GC flags (kube-controller-manager's names and defaults).
@@ -187,7 +189,13 @@ pub fn run(mut args: ServerArgs) -> anyhow::Result<()> {
     rt.block_on(async move {
         let snapshot_policy = args.snapshots.policy(&args.data_dir)?;
         let opened = open_store(&args).await?;
-        let store = opened.store.clone();
+        // Secrets are encrypted at rest: the API server only ever sees the wrapped store.
+        let encryption = args.encryption.wrap(&args.data_dir, opened.store.clone())?;
+        let store = encryption.store();
+        capstan_apiserver::admission::tolerations::set_default_seconds(
+            args.lifecycle.default_not_ready_toleration_seconds,
+            args.lifecycle.default_unreachable_toleration_seconds,
+        );
         let config = ServerConfig {
             data_dir: args.data_dir.clone(),
             bind_address: args.bind_address,
@@ -203,6 +211,7 @@ pub fn run(mut args: ServerArgs) -> anyhow::Result<()> {
             .await
             .context("starting the API server")?;
         let mut tasks = running.tasks;
+        tasks.extend(encryption.spawn_reloader(shutdown_rx.clone()));
         if let Some(policy) = snapshot_policy {
             tracing::info!(
                 schedule = %args.snapshots.snapshot_schedule,
@@ -286,6 +295,7 @@ async fn start_agent(
         .node_labels
         .entry("node-role.kubernetes.io/control-plane".into())
         .or_insert_with(|| "true".into());
+    crate::agent::issue_local_credentials(&args.data_dir, &config)?;
     let client = admin_client(&args.data_dir).await?;
     tracing::info!(node = %config.node_name, "starting the node agent");
     Ok(tokio::spawn(async move {

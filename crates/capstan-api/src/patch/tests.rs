@@ -318,6 +318,21 @@ fn json_patch_applies_and_reports_like_upstream() {
     );
 }
 
+/// Fuzzing found json_patch's rollback panicking ("unable to undo applied patches") when a
+/// later operation fails after a `move` to the root; a failed patch must be a 422, not a panic.
+#[test]
+fn json_patch_failing_after_move_to_root_is_422() {
+    let obj = json!({"kind": "Pod", "metadata": {"name": "a", "labels": {"x": "1"}}});
+    for patch in [
+        br#"[{"op":"move","from":"/kind","path":""},{"op":"add","path":"/","value":null}]"#.as_slice(),
+        br#"[{"op":"move","from":"/metadata","path":""},{"op":"add","path":"/metadata/labels","value":null}]"#,
+        br#"[{"op":"move","from":"/metadata/labels","path":"/metadata"},{"op":"remove","path":""}]"#,
+    ] {
+        let err = apply_json_patch(&obj, patch).expect_err("the second operation fails");
+        assert_eq!(err.code, 422, "{}", String::from_utf8_lossy(patch));
+    }
+}
+
 #[test]
 fn merge_patch_follows_rfc7386() {
     let obj = json!({"metadata": {"labels": {"a": "1", "b": "2"}}, "spec": {"containers": [{"name": "a"}, {"name": "b"}]}});

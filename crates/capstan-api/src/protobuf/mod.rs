@@ -5,6 +5,8 @@
 //! `raw` holds the object's own message; each supported kind has a static field table, and a
 //! field number missing from a table is refused rather than silently dropped.
 
+mod authn;
+mod authz;
 mod core_v1;
 mod decode;
 mod meta;
@@ -91,6 +93,16 @@ fn message_for(api_version: &str, kind: &str) -> Option<&'static Message> {
         ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => &rbac::CLUSTER_ROLE_BINDING,
         ("scheduling.k8s.io/v1", "PriorityClass") => &rbac::PRIORITY_CLASS,
         ("authentication.k8s.io/v1", "TokenRequest") => &rbac::TOKEN_REQUEST,
+        ("authorization.k8s.io/v1", "SubjectAccessReview") => &authz::SUBJECT_ACCESS_REVIEW,
+        ("authorization.k8s.io/v1", "LocalSubjectAccessReview") => {
+            &authz::LOCAL_SUBJECT_ACCESS_REVIEW
+        }
+        ("authorization.k8s.io/v1", "SelfSubjectAccessReview") => {
+            &authz::SELF_SUBJECT_ACCESS_REVIEW
+        }
+        ("authorization.k8s.io/v1", "SelfSubjectRulesReview") => &authz::SELF_SUBJECT_RULES_REVIEW,
+        ("authentication.k8s.io/v1", "TokenReview") => &authn::TOKEN_REVIEW,
+        ("authentication.k8s.io/v1", "SelfSubjectReview") => &authn::SELF_SUBJECT_REVIEW,
         _ => return None,
     };
     Some(message)

@@ -3,10 +3,14 @@
 //! passes [`authenticate`] then [`authorize`] in `server::dispatch` before any handler runs; the
 //! handlers find the [`UserInfo`] in the request's extensions.
 
+pub mod audit;
+pub mod impersonation;
 pub mod join;
 pub mod node;
 pub mod rbac;
 pub mod reviews;
+pub mod token_review;
+pub mod tokens;
 pub mod x509;
 
 use crate::request::{Query, Target};
@@ -97,19 +101,36 @@ pub fn is_public(path: &str) -> bool {
 /// The user of a request: the client certificate's, else the bearer token's; `None` when the
 /// request carries no credentials at all. Bad credentials are 401.
 pub async fn authenticate(
-    _server: &ApiServer,
+    server: &ApiServer,
     headers: &http::HeaderMap,
     peer: &PeerIdentity,
 ) -> Result<Option<UserInfo>, ApiError> {
     if let Some(user) = &peer.0 {
         return Ok(Some(user.clone().authenticated()));
     }
-    if headers.contains_key(http::header::AUTHORIZATION) {
-        // Bearer tokens (static token file, node join token, service account JWTs) arrive
-        // with the token authenticators.
-        return Err(ApiError::unauthorized());
+    let Some(token) = bearer_token(headers) else {
+        return Ok(None);
+    };
+    match tokens::authenticate_token(server, token, &[]).await {
+        Ok(found) => Ok(Some(found.user.authenticated())),
+        Err(tokens::TokenFailure(why)) => {
+            tracing::debug!(
+                reason = why.as_deref().unwrap_or("unknown token"),
+                "bearer token refused"
+            );
+            Err(ApiError::unauthorized())
+        }
     }
-    Ok(None)
+}
+
+/// The token of an `Authorization: Bearer <token>` header, as upstream's bearer token
+/// authenticator reads it; other schemes and empty tokens are no credentials.
+pub fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {
+    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let mut parts = value.splitn(3, ' ');
+    let scheme = parts.next()?;
+    let token = parts.next()?;
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 /// The verb of a request as RBAC names it.

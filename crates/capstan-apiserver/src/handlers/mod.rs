@@ -9,6 +9,8 @@ mod token;
 mod watch;
 mod write;
 
+pub(crate) use service_account::admit as admit_service_account;
+
 use crate::request::{Query, ResourcePath};
 use crate::response::{self, Body};
 use crate::server::ApiServer;
@@ -128,7 +130,15 @@ pub async fn handle(
     req: http::Request<Incoming>,
     q: Query,
 ) -> http::Response<Body> {
-    match handle_inner(server, rp, req, q).await {
+    // RBAC's escalation check in the write path needs to know who is writing.
+    let user = req.extensions().get::<crate::auth::UserInfo>().cloned();
+    let inner = handle_inner(server, rp, req, q);
+    // Admission hooks find the user and queue response warnings in their own request scope.
+    let inner = crate::admission::scope(user.clone().unwrap_or_default(), inner);
+    match crate::auth::rbac::escalation::REQUESTER
+        .scope(user, inner)
+        .await
+    {
         Ok(r) => r,
         Err(e) => response::error(&e),
     }

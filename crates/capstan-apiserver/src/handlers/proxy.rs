@@ -3,8 +3,8 @@
 //! raw HTTP Upgrade tunnel (SPDY or WebSocket bytes copied both ways after both sides
 //! switched protocols).
 //!
-//! The kubelet's serving certificate is not verified and the API server presents no client
-//! certificate yet; the security issue adds both.
+//! The API server presents its kubelet client certificate (`kube-apiserver-kubelet-client`,
+//! `system:masters`) and verifies the kubelet's serving certificate against the cluster CA.
 
 use std::sync::Arc;
 
@@ -117,9 +117,13 @@ pub(crate) async fn handle(
     let out = out
         .body(Empty::<Bytes>::new())
         .map_err(|e| ApiError::internal(format!("building the kubelet request: {e}")))?;
-    let mut resp = send(&host, port, out).await.map_err(|e| {
-        ApiError::service_unavailable(format!("error dialing backend: dial tcp {authority}: {e}"))
-    })?;
+    let mut resp = send(&server.config.data_dir, &host, port, out)
+        .await
+        .map_err(|e| {
+            ApiError::service_unavailable(format!(
+                "error dialing backend: dial tcp {authority}: {e}"
+            ))
+        })?;
     let status = resp.status();
     if upgrade && status == http::StatusCode::SWITCHING_PROTOCOLS {
         let client_upgrade = hyper::upgrade::on(&mut req);
@@ -287,6 +291,7 @@ pub(crate) fn kubelet_endpoint(node: &Value) -> Option<(String, u16)> {
 
 /// One request to the kubelet over a fresh TLS connection (HTTP/1.1, upgrades allowed).
 async fn send(
+    data_dir: &std::path::Path,
     host: &str,
     port: u16,
     req: http::Request<Empty<Bytes>>,
@@ -299,7 +304,7 @@ async fn send(
     .map_err(|_| "i/o timeout".to_string())?
     .map_err(|e| e.to_string())?;
     let _ = tcp.set_nodelay(true);
-    let connector = tokio_rustls::TlsConnector::from(tls_client()?);
+    let connector = tokio_rustls::TlsConnector::from(tls_client(data_dir)?);
     let server_name =
         rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|e| e.to_string())?;
     let tls = connector
@@ -317,67 +322,59 @@ async fn send(
     sender.send_request(req).await.map_err(|e| e.to_string())
 }
 
-fn tls_client() -> Result<Arc<rustls::ClientConfig>, String> {
+/// The client name the API server presents to kubelets (kubeadm's choice), in
+/// `system:masters` so kubelets allow it without asking back.
+pub const KUBELET_CLIENT_USER: &str = "kube-apiserver-kubelet-client";
+
+/// TLS to kubelets: the API server's kubelet client certificate, and kubelet serving
+/// certificates verified against the cluster CA. Built once per data dir (one per API server).
+fn tls_client(data_dir: &std::path::Path) -> Result<Arc<rustls::ClientConfig>, String> {
+    type Configs = std::collections::HashMap<std::path::PathBuf, Arc<rustls::ClientConfig>>;
+    static CONFIGS: std::sync::OnceLock<std::sync::Mutex<Configs>> = std::sync::OnceLock::new();
+    let configs = CONFIGS.get_or_init(Default::default);
+    if let Some(c) = configs
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(data_dir)
+    {
+        return Ok(c.clone());
+    }
+    let cfg = Arc::new(kubelet_client_config(&data_dir.join("tls"))?);
+    configs
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(data_dir.to_path_buf(), cfg.clone());
+    Ok(cfg)
+}
+
+/// A client configuration with a fresh kubelet client certificate signed by the CA in `tls_dir`.
+pub fn kubelet_client_config(tls_dir: &std::path::Path) -> Result<rustls::ClientConfig, String> {
+    let ca = crate::pki::ClusterCa::load(tls_dir)
+        .map_err(|e| format!("loading the cluster CA: {e}"))?
+        .ok_or("the cluster CA is missing")?;
+    let client = ca
+        .client_cert(KUBELET_CLIENT_USER, &[crate::auth::MASTERS])
+        .map_err(|e| format!("kubelet client certificate: {e}"))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut ca.cert_pem.as_bytes()).filter_map(Result::ok) {
+        roots.add(c).map_err(|e| e.to_string())?;
+    }
+    let certs: Vec<_> = rustls_pemfile::certs(&mut client.cert_pem.as_bytes())
+        .filter_map(Result::ok)
+        .collect();
+    let key = rustls_pemfile::private_key(&mut client.key_pem.as_bytes())
+        .ok()
+        .flatten()
+        .ok_or("kubelet client key unreadable")?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let verifier = Arc::new(NoVerify(provider.clone()));
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth();
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)
+        .map_err(|e| e.to_string())?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(cfg))
-}
-
-/// Accepts any kubelet certificate (signatures are still checked) until kubelet serving
-/// certificates are issued by the cluster CA (security issue).
-#[derive(Debug)]
-struct NoVerify(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for NoVerify {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &rustls::pki_types::CertificateDer<'_>,
-        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
-        _server_name: &rustls::pki_types::ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
+    Ok(cfg)
 }
 
 #[cfg(test)]
@@ -399,6 +396,79 @@ mod tests {
         let annotated = json!({"metadata": {"annotations": {"kubectl.kubernetes.io/default-container": "b"}},
             "spec": {"containers": [{"name": "a"}, {"name": "b"}]}});
         assert_eq!(pick_container(&annotated, "p", None).unwrap(), "b");
+    }
+
+    /// Serves one TLS handshake with `cert`; returns the port and the client name it saw.
+    async fn tls_once(
+        cert: crate::pki::CertKey,
+        ca_pem: &str,
+    ) -> (u16, tokio::task::JoinHandle<Option<String>>) {
+        let certs: Vec<_> = rustls_pemfile::certs(&mut cert.cert_pem.as_bytes())
+            .map(Result::unwrap)
+            .collect();
+        let key = rustls_pemfile::private_key(&mut cert.key_pem.as_bytes())
+            .unwrap()
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .unwrap();
+        let cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(certs, key)
+            .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+        let task = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.ok()?;
+            let tls = acceptor.accept(tcp).await.ok()?;
+            let chain = tls.get_ref().1.peer_certificates()?;
+            crate::auth::x509::user_of(chain).map(|u| u.name)
+        });
+        (port, task)
+    }
+
+    #[tokio::test]
+    async fn kubelets_are_verified_and_see_the_api_server_client_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = crate::pki::ClusterCa::load_or_create(dir.path()).unwrap();
+        let cfg = Arc::new(kubelet_client_config(dir.path()).unwrap());
+        let connect = |port: u16| {
+            let cfg = cfg.clone();
+            async move {
+                let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .unwrap();
+                let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+                tokio_rustls::TlsConnector::from(cfg)
+                    .connect(name, tcp)
+                    .await
+            }
+        };
+        let signed = ca
+            .kubelet_serving_cert("system:node:n1", &[], &["127.0.0.1".parse().unwrap()])
+            .unwrap();
+        let (port, seen) = tls_once(signed, &ca.cert_pem).await;
+        let mut stream = connect(port).await.expect("CA-signed kubelet accepted");
+        tokio::io::AsyncWriteExt::flush(&mut stream).await.unwrap();
+        assert_eq!(seen.await.unwrap().as_deref(), Some(KUBELET_CLIENT_USER));
+        // A kubelet certificate from elsewhere is refused.
+        let other = crate::pki::ClusterCa::generate().unwrap();
+        let forged = other
+            .kubelet_serving_cert("system:node:n1", &[], &["127.0.0.1".parse().unwrap()])
+            .unwrap();
+        let (port, _seen) = tls_once(forged, &ca.cert_pem).await;
+        assert!(connect(port).await.is_err());
     }
 
     #[test]

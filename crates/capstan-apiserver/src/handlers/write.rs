@@ -3,11 +3,12 @@
 
 use super::strategy;
 use super::{FieldValidation, WriteOptions, content_type, decode_body};
+use crate::admission;
 use crate::object::{self, meta_mut, now_rfc3339};
 use crate::request::{Query, ResourcePath};
 use crate::response::{self, Body};
 use crate::server::ApiServer;
-use capstan_api::resources::{self, RESOURCES};
+use capstan_api::resources::RESOURCES;
 use capstan_api::{ApiError, ResourceInfo, Subresource, apply, defaults, patch, validation};
 use capstan_store::{KeyValue, StoreError};
 use serde_json::{Value, json};
@@ -136,7 +137,9 @@ fn respond(
 ) -> Result<http::Response<Body>, ApiError> {
     let json = serde_json::to_vec(obj).map_err(|e| ApiError::internal(e.to_string()))?;
     let r = super::read::render_one(info, json.into(), super::read::rendering(headers)?, q, code)?;
-    Ok(response::with_warnings(r, warnings))
+    let mut all = warnings.to_vec();
+    all.extend(admission::take_warnings());
+    Ok(response::with_warnings(r, &all))
 }
 
 /// Serialize for the store: the object without resourceVersion.
@@ -157,38 +160,6 @@ fn parse_stored(kv: &KeyValue) -> Result<Value, ApiError> {
     let v: Value = serde_json::from_slice(&kv.value)
         .map_err(|e| ApiError::internal(format!("stored object {} is corrupt: {e}", kv.key)))?;
     Ok(with_rv(v, kv.mod_revision))
-}
-
-/// NamespaceLifecycle: the namespace must exist and not be terminating.
-async fn admit_namespace(
-    server: &ApiServer,
-    info: &ResourceInfo,
-    ns: Option<&str>,
-) -> Result<(), ApiError> {
-    if !info.namespaced {
-        return Ok(());
-    }
-    let ns = ns.unwrap_or_default();
-    let ns_info = resources::find("", "v1", "namespaces").expect("namespaces are served");
-    let kv = server
-        .store
-        .get(&ns_info.store_key(None, ns))
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?;
-    let kv = kv.ok_or_else(|| ApiError::not_found(ns_info, ns))?;
-    let v: Value = serde_json::from_slice(&kv.value).unwrap_or(Value::Null);
-    if object::meta_str(&v, "deletionTimestamp").is_some() {
-        let mut e = ApiError::forbidden(format!(
-            "unable to create new content in namespace {ns} because it is being terminated"
-        ));
-        e.causes = vec![capstan_api::status::Cause::new(
-            "NamespaceTerminating",
-            "metadata.namespace",
-            format!("namespace {ns} is being terminated"),
-        )];
-        return Err(e);
-    }
-    Ok(())
 }
 
 pub(crate) async fn create(
@@ -248,11 +219,21 @@ pub(crate) async fn create_object(
     strategy::prepare_for_create(info, &mut obj);
     let name = object::name(&obj).unwrap_or_default().to_string();
     let ns = object::meta_str(&obj, "namespace").map(String::from);
+    let user = admission::current_user();
+    let req = admission::Request {
+        operation: admission::Operation::Create,
+        info,
+        subresource: None,
+        namespace: ns.as_deref(),
+        name: &name,
+        user: &user,
+        old: None,
+        dry_run: opts.dry_run,
+    };
+    admission::mutate(server, &req, &mut obj).await?;
     validation::validate(info, &obj, None)?;
-    admit_namespace(server, info, ns.as_deref()).await?;
-    if info.kind == "Pod" && info.group.is_empty() {
-        super::service_account::admit(server, &mut obj).await?;
-    }
+    crate::auth::rbac::escalation::check(server, info, &obj, None).await?;
+    admission::validate(server, &req, &obj).await?;
     let allocated = if info.kind == "Service" && info.group.is_empty() {
         Some(strategy::allocate_service(server, &mut obj, None).await?)
     } else {
@@ -335,6 +316,19 @@ where
         }
         let mut new = strategy::prepare_for_update(info, &old, desired, sub);
         validation::validate(info, &new, Some(&old))?;
+        crate::auth::rbac::escalation::check(server, info, &new, Some(&old)).await?;
+        let user = admission::current_user();
+        let req = admission::Request {
+            operation: admission::Operation::Update,
+            info,
+            subresource: sub,
+            namespace: rp.namespace.as_deref(),
+            name: &name,
+            user: &user,
+            old: Some(&old),
+            dry_run: opts.dry_run,
+        };
+        admission::validate(server, &req, &new).await?;
         let allocated = if info.kind == "Service" && info.group.is_empty() && sub.is_none() {
             Some(strategy::allocate_service(server, &mut new, Some(&old)).await?)
         } else {
@@ -614,15 +608,8 @@ async fn delete_one(
     name: &str,
     opts: &DeleteOptions,
 ) -> Result<(Value, u16), ApiError> {
-    if info.kind == "Namespace"
-        && info.group.is_empty()
-        && matches!(name, "default" | "kube-system" | "kube-public")
-    {
-        return Err(ApiError::forbidden(format!(
-            "namespaces {name:?} is forbidden: this namespace may not be deleted"
-        )));
-    }
     let key = info.store_key(ns, name);
+    let user = admission::current_user();
     for _ in 0..MAX_RETRIES {
         let cur = server
             .store
@@ -631,6 +618,17 @@ async fn delete_one(
             .map_err(store_error(info, name))?
             .ok_or_else(|| ApiError::not_found(info, name))?;
         let obj = parse_stored(&cur)?;
+        let req = admission::Request {
+            operation: admission::Operation::Delete,
+            info,
+            subresource: None,
+            namespace: ns,
+            name,
+            user: &user,
+            old: Some(&obj),
+            dry_run: opts.dry_run,
+        };
+        admission::admit_delete(server, &req, &obj).await?;
         if let Some(uid) = &opts.uid {
             let actual = object::meta_str(&obj, "uid").unwrap_or_default();
             if uid != actual {

@@ -152,10 +152,12 @@ async fn capstan_pods(args: &Args, archive: &Path) -> anyhow::Result<(Row, procs
         .status()
         .context("capstan images import")?;
     ensure!(status.success(), "capstan images import failed");
+    let token = std::fs::read_to_string(server.dir().join("data/token"))
+        .context("reading the server's join token")?;
     let mut cmd = Command::new(&args.capstan);
     cmd.arg("agent")
         .args(["--server", &format!("https://127.0.0.1:{port}")])
-        .args(["--token", "bench"])
+        .args(["--token", token.trim()])
         .arg("--data-dir")
         .arg(&data)
         .args(["--node-name", NODE, "--node-ip", "127.0.0.1"])

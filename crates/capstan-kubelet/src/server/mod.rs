@@ -1,11 +1,10 @@
 //! The kubelet HTTPS API the API server proxies to: `/healthz`, `/containerLogs`, `/exec`,
-//! `/attach`, `/portForward` and `/stats/summary`, served over TLS with a self-signed
-//! certificate kept in `cert_dir`.
-//!
-//! No authentication or authorization yet: anyone who reaches the port can exec into pods.
-//! The security issue adds client-certificate authentication (the API server's kubelet client
-//! certificate) and SubjectAccessReview-style authorization.
+//! `/attach`, `/portForward` and `/stats/summary`, served over TLS with the serving certificate
+//! in `cert_dir` (CA-signed when the node joined, else self-signed). Every request is
+//! authenticated and authorized first ([`auth`]): client certificates the cluster CA in
+//! `cert_dir/ca.crt` signed, or bearer tokens by TokenReview; SubjectAccessReview decides.
 
+pub mod auth;
 pub mod channels;
 pub mod exec;
 pub mod logs;
@@ -41,7 +40,8 @@ use pods::{HttpError, find_container, query_map};
 pub struct KubeletServerConfig {
     /// 0.0.0.0:10250 by default (flag --kubelet-port).
     pub bind: SocketAddr,
-    /// The self-signed serving certificate (`kubelet.crt`, `kubelet.key`) lives here.
+    /// The serving certificate (`kubelet.crt`, `kubelet.key`; self-signed when missing) and
+    /// the CA client certificates must be signed by (`ca.crt`) live here.
     pub cert_dir: PathBuf,
     pub pods_dir: PathBuf,
 }
@@ -78,6 +78,17 @@ pub async fn serve(
     runtime: Arc<dyn RuntimeService>,
     shutdown: CancellationToken,
 ) -> Result<(SocketAddr, JoinHandle<()>), ServerError> {
+    serve_with(config, runtime, auth::KubeletAuth::default(), shutdown).await
+}
+
+/// [`serve`], checking callers against the API server in `auth` (TokenReview,
+/// SubjectAccessReview); without one only `system:masters` client certificates get in.
+pub async fn serve_with(
+    config: KubeletServerConfig,
+    runtime: Arc<dyn RuntimeService>,
+    auth: auth::KubeletAuth,
+    shutdown: CancellationToken,
+) -> Result<(SocketAddr, JoinHandle<()>), ServerError> {
     let tls = tls_config(&config.cert_dir, config.bind)?;
     let listener = TcpListener::bind(config.bind)
         .await
@@ -93,7 +104,10 @@ pub async fn serve(
         shutdown: shutdown.clone(),
         pods_dir: config.pods_dir.clone(),
     };
-    let router = router(state);
+    let router = router(state).layer(axum::middleware::from_fn_with_state(
+        auth::Checker::new(auth),
+        auth::check,
+    ));
     let acceptor = TlsAcceptor::from(Arc::new(tls));
     let task = tokio::spawn(accept_loop(listener, acceptor, router, shutdown));
     Ok((addr, task))
@@ -134,7 +148,7 @@ async fn accept_loop(
         };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
-        let service = TowerToHyperService::new(router.clone());
+        let router = router.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let tls =
@@ -145,6 +159,13 @@ async fn accept_loop(
                         return;
                     }
                 };
+            let peer_cert = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(auth::caller_of);
+            let service =
+                TowerToHyperService::new(router.layer(axum::Extension(auth::PeerCert(peer_cert))));
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
             tokio::pin!(conn);
@@ -197,7 +218,8 @@ async fn container_logs(
         .unwrap_or_else(|_| http::StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
-/// Loads `<dir>/kubelet.{crt,key}`, creating a self-signed pair on first start.
+/// Loads `<dir>/kubelet.{crt,key}`, creating a self-signed pair on first start; client
+/// certificates are verified against `<dir>/ca.crt` when present (optional: tokens also work).
 fn tls_config(dir: &Path, bind: SocketAddr) -> Result<rustls::ServerConfig, ServerError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -232,10 +254,30 @@ fn tls_config(dir: &Path, bind: SocketAddr) -> Result<rustls::ServerConfig, Serv
     let key = PrivateKeyDer::from_pem_file(&key)
         .map_err(|e| ServerError::Cert(format!("{}: {e}", key.display())))?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| ServerError::Cert(e.to_string()))?
-        .with_no_client_auth()
+        .map_err(|e| ServerError::Cert(e.to_string()))?;
+    let ca = dir.join("ca.crt");
+    let builder = if ca.exists() {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(&ca)
+            .map_err(|e| ServerError::Cert(format!("{}: {e}", ca.display())))?
+        {
+            let c = c.map_err(|e| ServerError::Cert(format!("{}: {e}", ca.display())))?;
+            roots
+                .add(c)
+                .map_err(|e| ServerError::Cert(format!("{}: {e}", ca.display())))?;
+        }
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| ServerError::Cert(format!("client verifier: {e}")))?;
+        builder.with_client_cert_verifier(verifier)
+    } else {
+        builder.with_no_client_auth()
+    };
+    let mut cfg = builder
         .with_single_cert(certs, key)
         .map_err(|e| ServerError::Cert(e.to_string()))?;
     // Upgrades (exec, port-forward) need HTTP/1.1; logs work over either.
