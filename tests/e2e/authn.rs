@@ -2,28 +2,10 @@
 
 use crate::harness::{Kubectl, Server, ServerOptions};
 use serde_json::{Value, json};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 const K: Kubectl = Kubectl::Minor(32);
-
-/// A kubeconfig for `server` whose user holds only `token`.
-fn token_kubeconfig(server: &Server, name: &str, token: &str) -> PathBuf {
-    let admin = std::fs::read_to_string(server.kubeconfig()).expect("admin kubeconfig");
-    let ca = admin
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("certificate-authority-data:"))
-        .expect("CA data in the admin kubeconfig")
-        .trim()
-        .to_string();
-    server.write_file(
-        name,
-        &format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    certificate-authority-data: {ca}\nusers:\n- name: u\n  user:\n    token: {token}\ncontexts:\n- name: x\n  context:\n    cluster: c\n    user: u\ncurrent-context: x\n",
-            server.url()
-        ),
-    )
-}
 
 fn whoami(server: &Server, kubeconfig: &Path) -> Value {
     let out = crate::harness::run(
@@ -75,7 +57,7 @@ fn kubectl_whoami_with_certificates_service_account_and_static_tokens() {
         assert!(Instant::now() < deadline, "no token: {out}");
         std::thread::sleep(Duration::from_millis(200));
     };
-    let sa_config = token_kubeconfig(&server, "sa.kubeconfig", &token);
+    let sa_config = server.token_kubeconfig("sa.kubeconfig", &token);
     let sa = whoami(&server, &sa_config);
     assert_eq!(sa["username"], "system:serviceaccount:default:default");
     assert_eq!(
@@ -124,14 +106,14 @@ fn kubectl_whoami_with_certificates_service_account_and_static_tokens() {
     // the message itself is checked in the apiserver's authn tests.
     .stderr_has("Error from server (Forbidden)");
 
-    let static_config = token_kubeconfig(&server, "static.kubeconfig", "e2e-static-token");
+    let static_config = server.token_kubeconfig("static.kubeconfig", "e2e-static-token");
     let dana = whoami(&server, &static_config);
     assert_eq!(
         dana,
         json!({"username": "dana", "uid": "u-dana", "groups": ["team-a", "team-b", "system:authenticated"]})
     );
 
-    let bogus = token_kubeconfig(&server, "bogus.kubeconfig", "not-a-real-token");
+    let bogus = server.token_kubeconfig("bogus.kubeconfig", "not-a-real-token");
     crate::harness::run(server.kubectl_cmd_with(K, &bogus, &["get", "pods"]), None)
         .code_is(1)
         // kubectl's wording for a 401 Status (as against upstream's API server).

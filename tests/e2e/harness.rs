@@ -419,6 +419,24 @@ impl Server {
         path
     }
 
+    /// A kubeconfig in the scratch dir for this server whose user holds only `token`.
+    pub fn token_kubeconfig(&self, name: &str, token: &str) -> PathBuf {
+        let admin = fs::read_to_string(self.kubeconfig()).expect("admin kubeconfig");
+        let ca = admin
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("certificate-authority-data:"))
+            .expect("CA data in the admin kubeconfig")
+            .trim()
+            .to_string();
+        self.write_file(
+            name,
+            &format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    certificate-authority-data: {ca}\nusers:\n- name: u\n  user:\n    token: {token}\ncontexts:\n- name: x\n  context:\n    cluster: c\n    user: u\ncurrent-context: x\n",
+                self.url()
+            ),
+        )
+    }
+
     /// SIGKILL, the `kill -9` of a crash: no shutdown code runs.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {

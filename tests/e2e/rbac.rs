@@ -1,30 +1,11 @@
 //! RBAC end to end: Roles and bindings for a ServiceAccount, kubectl auth can-i (--list).
 
 use crate::harness::{Kubectl, Out, Server, run};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 const K: Kubectl = Kubectl::Minor(32);
 const A: &str = "rbac-e2e-a";
 const B: &str = "rbac-e2e-b";
-
-/// A kubeconfig for `server` whose user holds only `token`.
-fn token_kubeconfig(server: &Server, name: &str, token: &str) -> PathBuf {
-    let admin = std::fs::read_to_string(server.kubeconfig()).expect("admin kubeconfig");
-    let ca = admin
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("certificate-authority-data:"))
-        .expect("CA data in the admin kubeconfig")
-        .trim()
-        .to_string();
-    server.write_file(
-        name,
-        &format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    certificate-authority-data: {ca}\nusers:\n- name: u\n  user:\n    token: {token}\ncontexts:\n- name: x\n  context:\n    cluster: c\n    user: u\ncurrent-context: x\n",
-            server.url()
-        ),
-    )
-}
 
 /// Runs kubectl until `done` accepts its result, at most `secs` seconds; returns that result.
 fn poll(secs: u64, mut attempt: impl FnMut() -> Out, done: impl Fn(&Out) -> bool) -> Out {
@@ -74,7 +55,7 @@ fn service_account_role_can_i_and_aggregated_roles() {
         .stdout
         .trim()
         .to_string();
-    let sa = token_kubeconfig(&server, "sa.kubeconfig", &token);
+    let sa = server.token_kubeconfig("sa.kubeconfig", &token);
     let as_sa = |args: &[&str]| run(server.kubectl_cmd_with(K, &sa, args), None);
 
     // Allowed where the Role is bound; the index follows the binding within moments.

@@ -36,6 +36,48 @@ pub fn parse(text: &str) -> Option<f64> {
     Some(base * mult)
 }
 
+/// Canonical text of a quantity in base units: millicores for fractional cpu, binary suffixes when they
+/// divide evenly, else decimal ones, else a plain integer.
+pub fn format(value: f64, cpu: bool) -> String {
+    if cpu {
+        let milli = (value * 1000.0).round() as i64;
+        return if milli % 1000 == 0 {
+            (milli / 1000).to_string()
+        } else {
+            format!("{milli}m")
+        };
+    }
+    let n = value.round() as i64;
+    if n == 0 {
+        return "0".into();
+    }
+    for (suffix, unit) in [
+        ("Ei", 1i64 << 60),
+        ("Pi", 1 << 50),
+        ("Ti", 1 << 40),
+        ("Gi", 1 << 30),
+        ("Mi", 1 << 20),
+        ("Ki", 1 << 10),
+    ] {
+        if n % unit == 0 {
+            return format!("{}{suffix}", n / unit);
+        }
+    }
+    for (suffix, unit) in [
+        ("E", 1_000_000_000_000_000_000i64),
+        ("P", 1_000_000_000_000_000),
+        ("T", 1_000_000_000_000),
+        ("G", 1_000_000_000),
+        ("M", 1_000_000),
+        ("k", 1_000),
+    ] {
+        if n % unit == 0 {
+            return format!("{}{suffix}", n / unit);
+        }
+    }
+    n.to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::parse;

@@ -3,6 +3,7 @@
 //! `2`, `768Mi`, `1G`).
 
 use capstan_api::quantity;
+use capstan_api::quantity::format as format_quantity;
 use k8s_openapi::api::core::v1::{Container, Pod};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
@@ -36,48 +37,6 @@ impl QuantitySum {
     pub fn quantity(&self) -> Quantity {
         Quantity(format_quantity(self.total, self.cpu))
     }
-}
-
-/// Canonical text of a quantity: millicores for fractional cpu, binary suffixes when they
-/// divide evenly, else decimal ones, else a plain integer.
-pub fn format_quantity(value: f64, cpu: bool) -> String {
-    if cpu {
-        let milli = (value * 1000.0).round() as i64;
-        return if milli % 1000 == 0 {
-            (milli / 1000).to_string()
-        } else {
-            format!("{milli}m")
-        };
-    }
-    let n = value.round() as i64;
-    if n == 0 {
-        return "0".into();
-    }
-    for (suffix, unit) in [
-        ("Ei", 1i64 << 60),
-        ("Pi", 1 << 50),
-        ("Ti", 1 << 40),
-        ("Gi", 1 << 30),
-        ("Mi", 1 << 20),
-        ("Ki", 1 << 10),
-    ] {
-        if n % unit == 0 {
-            return format!("{}{suffix}", n / unit);
-        }
-    }
-    for (suffix, unit) in [
-        ("E", 1_000_000_000_000_000_000i64),
-        ("P", 1_000_000_000_000_000),
-        ("T", 1_000_000_000_000),
-        ("G", 1_000_000_000),
-        ("M", 1_000_000),
-        ("k", 1_000),
-    ] {
-        if n % unit == 0 {
-            return format!("{}{suffix}", n / unit);
-        }
-    }
-    n.to_string()
 }
 
 /// One container's `section` ("requests" or "limits") of `resource`; requests fall back to

@@ -215,7 +215,7 @@ fn pod_totals(pod: &Value) -> (Amounts, Amounts) {
             }
         }
         for (k, v) in sums {
-            let text = super::quota::format_quantity(v, k == "cpu");
+            let text = capstan_api::quantity::format(v, k == "cpu");
             target.insert(k, Amount { text, value: v });
         }
     }

@@ -5,6 +5,7 @@
 
 use super::Request;
 use crate::server::ApiServer;
+use capstan_api::quantity::format as format_quantity;
 use capstan_api::{ApiError, quantity};
 use capstan_store::StoreError;
 use serde_json::{Value, json};
@@ -472,47 +473,6 @@ fn parse_list(v: &Value) -> Usage {
             quantity::parse(&text).map(|q| (k.clone(), q))
         })
         .collect()
-}
-
-/// Canonical text of a quantity: millicores for fractional cpu, binary suffixes when they
-/// divide evenly, else decimal ones, else a plain integer (as the quota controller prints).
-pub fn format_quantity(value: f64, cpu: bool) -> String {
-    if cpu {
-        let milli = (value * 1000.0).round() as i64;
-        return if milli % 1000 == 0 {
-            (milli / 1000).to_string()
-        } else {
-            format!("{milli}m")
-        };
-    }
-    let n = value.round() as i64;
-    if n == 0 {
-        return "0".into();
-    }
-    for (suffix, shift) in [
-        ("Ei", 60),
-        ("Pi", 50),
-        ("Ti", 40),
-        ("Gi", 30),
-        ("Mi", 20),
-        ("Ki", 10),
-    ] {
-        let unit = 1i64 << shift;
-        if n % unit == 0 {
-            return format!("{}{suffix}", n / unit);
-        }
-    }
-    for (suffix, unit) in [
-        ("T", 1_000_000_000_000i64),
-        ("G", 1_000_000_000),
-        ("M", 1_000_000),
-        ("k", 1_000),
-    ] {
-        if n % unit == 0 {
-            return format!("{}{suffix}", n / unit);
-        }
-    }
-    n.to_string()
 }
 
 #[cfg(test)]
