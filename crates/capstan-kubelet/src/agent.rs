@@ -55,6 +55,8 @@ pub struct AgentConfig {
     pub node_labels: BTreeMap<String, String>,
     /// The service proxy this agent runs (None: no proxy; pod CIDRs default to the node's).
     pub proxy: Option<capstan_net::proxy::ProxyOptions>,
+    /// Run the host-gw backend: routes to the other nodes' pod CIDRs via their addresses.
+    pub host_gw: bool,
 }
 
 impl AgentConfig {
@@ -82,6 +84,7 @@ impl AgentConfig {
             shim_binary,
             node_labels: BTreeMap::new(),
             proxy: None,
+            host_gw: false,
         }
     }
 }
@@ -290,6 +293,15 @@ pub async fn run_agent(
             tasks.clone(),
         ))
     });
+    let host_gw = c.host_gw.then(|| {
+        let options =
+            capstan_net::hostgw::HostGwOptions::new(&c.node_name, c.node_ip, pod_cidr.clone());
+        tokio::spawn(capstan_net::hostgw::run(
+            client.clone(),
+            options,
+            tasks.clone(),
+        ))
+    });
     shutdown.cancelled().await;
     tracing::info!("node agent stopping (containers keep running)");
     tasks.cancel();
@@ -297,6 +309,9 @@ pub async fn run_agent(
     let _ = heartbeat.await;
     if let Some(proxy) = proxy {
         let _ = proxy.await;
+    }
+    if let Some(host_gw) = host_gw {
+        let _ = host_gw.await;
     }
     let _ = server_task.await;
     Ok(())

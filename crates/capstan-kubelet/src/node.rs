@@ -315,21 +315,40 @@ pub async fn run_heartbeat(
     let mut lease_tick = tokio::time::interval(LEASE_RENEW);
     let mut status_tick = tokio::time::interval(STATUS_CHECK);
     let mut last_post = tokio::time::Instant::now();
+    // After lost contact the node controller may have set Ready=Unknown: report at once.
+    let mut lost_contact = false;
+    let mut force_post = false;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = lease_tick.tick() => {
-                if let Err(e) = renew_lease(&client, &id, node.metadata.uid.clone()).await {
-                    tracing::warn!(error = %e, "renewing the node lease");
+                // Bounded: a request stuck on a dead connection (a partition) is dropped
+                // with its connection, so the node reports again soon after it heals.
+                let uid = node.metadata.uid.clone();
+                let renew = tokio::time::timeout(LEASE_RENEW, renew_lease(&client, &id, uid));
+                let renewed = renew.await.unwrap_or_else(|_| {
+                    Err(KubeletError::Setup("renewing the node lease timed out".into()))
+                });
+                match renewed {
+                    Ok(()) if lost_contact => {
+                        lost_contact = false;
+                        force_post = true;
+                        status_tick.reset_immediately();
+                    }
+                    Ok(()) => {}
+                    Err(e) => {
+                        lost_contact = true;
+                        tracing::warn!(error = %e, "renewing the node lease");
+                    }
                 }
             }
             _ = status_tick.tick() => {
                 let existing = node.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
                 let fresh = node_status(&id, &existing, jiff::Timestamp::now());
                 let changed = node.status.as_ref().map(comparable) != Some(comparable(&fresh));
-                if changed || last_post.elapsed() >= STATUS_REPORT {
+                if changed || force_post || last_post.elapsed() >= STATUS_REPORT {
                     match post_status(&client, &id, &node).await {
-                        Ok(n) => { node = n; last_post = tokio::time::Instant::now(); }
+                        Ok(n) => { node = n; last_post = tokio::time::Instant::now(); force_post = false; }
                         Err(e) => tracing::warn!(error = %e, "posting node status"),
                     }
                 }

@@ -5,4 +5,5 @@
 
 pub mod cni;
 pub mod dns;
+pub mod hostgw;
 pub mod proxy;

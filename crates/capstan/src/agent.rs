@@ -61,6 +61,10 @@ pub struct NodeFlags {
     /// Do not run the service proxy on this node.
     #[arg(long)]
     pub disable_kube_proxy: bool,
+    /// Cross-node pod network: `host-gw` (routes to other nodes' pod CIDRs via their
+    /// addresses; nodes on one L2 segment) or `none` (another CNI provides it).
+    #[arg(long, default_value = "host-gw", value_parser = ["host-gw", "none"])]
+    pub flannel_backend: String,
 }
 
 /// The source address of the default route (no packet is sent), else loopback.
@@ -116,6 +120,7 @@ impl NodeFlags {
             labels.insert(k.to_string(), v.to_string());
         }
         c.node_labels = labels;
+        c.host_gw = self.flannel_backend == "host-gw";
         c.proxy = (!self.disable_kube_proxy)
             .then(|| capstan_net::proxy::ProxyOptions::new(&self.proxy_table, &c.node_name));
         Ok(c)
