@@ -7,11 +7,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
 use kube::Api;
 use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -271,27 +269,13 @@ async fn apply_no_masq(
 pub async fn run(client: kube::Client, options: HostGwOptions, stop: CancellationToken) {
     let (store, writer) = reflector::store::<Node>();
     let changed = Arc::new(Notify::new());
-    let watch = {
-        let changed = changed.clone();
-        let stop = stop.clone();
-        let api: Api<Node> = Api::all(client);
-        tokio::spawn(async move {
-            let stream = watcher(api, watcher::Config::default())
-                .default_backoff()
-                .reflect(writer);
-            let mut stream = std::pin::pin!(stream);
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    ev = stream.next() => match ev {
-                        Some(Ok(_)) => changed.notify_one(),
-                        Some(Err(e)) => tracing::debug!(error = %e, "host-gw node watch"),
-                        None => return,
-                    },
-                }
-            }
-        })
-    };
+    let watch = tokio::spawn(crate::watch::reflect(
+        Api::<Node>::all(client),
+        writer,
+        changed.clone(),
+        stop.clone(),
+        "host-gw node watch",
+    ));
     tokio::select! {
         _ = stop.cancelled() => {}
         r = store.wait_until_ready() => {

@@ -7,3 +7,4 @@ pub mod cni;
 pub mod dns;
 pub mod hostgw;
 pub mod proxy;
+pub mod watch;

@@ -4,12 +4,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
-use kube::runtime::reflector::{self, Store, store::Writer};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::{self, Store};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -17,36 +15,10 @@ use super::ProxyOptions;
 use super::model::build;
 use super::nft::NftApply;
 use super::render::{RenderOptions, render};
+use crate::watch::reflect;
 
 /// Pause before applying again after nft failed.
 const RETRY_INTERVAL: Duration = Duration::from_secs(1);
-
-/// Keeps `store` filled from a watch of `api`, signalling `changed` on every event, until `stop`.
-async fn reflect<K>(api: Api<K>, writer: Writer<K>, changed: Arc<Notify>, stop: CancellationToken)
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    let stream = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .reflect(writer);
-    let mut stream = std::pin::pin!(stream);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            ev = stream.next() => match ev {
-                Some(Ok(_)) => changed.notify_one(),
-                Some(Err(e)) => tracing::debug!(error = %e, "service proxy watch"),
-                None => return,
-            },
-        }
-    }
-}
 
 /// The current script for the caches' content.
 pub fn current_script(
@@ -81,12 +53,14 @@ pub async fn run_with(
             svc_writer,
             changed.clone(),
             stop.clone(),
+            "service proxy watch",
         )),
         tokio::spawn(reflect(
             Api::<EndpointSlice>::all(client),
             slice_writer,
             changed.clone(),
             stop.clone(),
+            "service proxy watch",
         )),
     ];
     // Never apply from a partial cache: that would drop the previous agent's good rules.
