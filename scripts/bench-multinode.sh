@@ -3,15 +3,17 @@
 # one Linux bridge (as tests/e2e/hosts.rs builds them), `capstan server` in host A and `capstan
 # agent` in host B, three busybox pods pinned by nodeName (two on A, one on B). The host's iperf3
 # and ping, run inside the network namespaces, measure TCP throughput (10 s) and RTT for
-#   host A -> host B (the link itself), pod A1 -> pod A2 (same node), pod A1 -> pod B (host-gw).
+#   host A -> host B (the link itself), pod A1 -> pod A2 (same node), pod A1 -> pod B (host-gw or vxlan).
 # Prints a markdown table with the ratios; everything it made is removed on exit.
-# Needs root. usage: scripts/bench-multinode.sh  (env: CAPSTAN_BIN, KUBECTL, BENCH_SECONDS)
+# Needs root. usage: scripts/bench-multinode.sh  (env: CAPSTAN_BIN, KUBECTL, BENCH_SECONDS,
+# FLANNEL_BACKEND=host-gw|vxlan for the cross-node path, default host-gw)
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
 CAPSTAN="${CAPSTAN_BIN:-$REPO_ROOT/target/debug/capstan}"
 KUBECTL="${KUBECTL:-/usr/bin/kubectl}"
 BENCH_SECONDS="${BENCH_SECONDS:-10}"
+BACKEND="${FLANNEL_BACKEND:-host-gw}"
 IMAGE="docker.io/library/busybox:latest"
 START_TIMEOUT=180
 
@@ -229,11 +231,11 @@ start_cluster() {
     KUBECONFIG_FILE="${DATA[0]}/admin.kubeconfig"
     spawn_in 0 server --bind-address "${ADDR[0]}" --https-port 6443 --tls-san "${ADDR[0]}" \
         --service-cidr "$SERVICE_CIDR" --service-node-port-range "$NODE_PORTS" \
-        --cluster-cidr "$(free_cluster_cidr)"
+        --cluster-cidr "$(free_cluster_cidr)" --flannel-backend "$BACKEND"
     wait_for "$START_TIMEOUT" "the API server" api_ready || die "server not ready"
     local token
     token="$("$CAPSTAN" token --data-dir "${DATA[0]}")"
-    spawn_in 1 agent --server "https://${ADDR[0]}:6443" --token "$token"
+    spawn_in 1 agent --server "https://${ADDR[0]}:6443" --token "$token" --flannel-backend "$BACKEND"
     wait_for "$START_TIMEOUT" "both nodes Ready" nodes_ready || die "nodes not Ready"
 }
 
@@ -363,11 +365,11 @@ main() {
     read -r hg ha hp <<<"$host"
     read -r sg sa sp <<<"$same"
     read -r cg ca cp <<<"$cross"
-    awk -v hg="$hg" -v ha="$ha" -v hp="$hp" -v sg="$sg" -v sa="$sa" -v sp="$sp" \
+    awk -v be="$BACKEND" -v hg="$hg" -v ha="$ha" -v hp="$hp" -v sg="$sg" -v sa="$sa" -v sp="$sp" \
         -v cg="$cg" -v ca="$ca" -v cp="$cp" 'BEGIN {
         printf "| host A → host B (the link) | %.2f | %.3f | %.3f | 1.00 | %.2f |\n", hg, ha, hp, hg / sg
         printf "| pod on A → pod on A (same node) | %.2f | %.3f | %.3f | %.2f | 1.00 |\n", sg, sa, sp, sg / hg
-        printf "| pod on A → pod on B (cross node, host-gw) | %.2f | %.3f | %.3f | %.2f | %.2f |\n", cg, ca, cp, cg / hg, cg / sg
+        printf "| pod on A → pod on B (cross node, %s) | %.2f | %.3f | %.3f | %.2f | %.2f |\n", be, cg, ca, cp, cg / hg, cg / sg
     }'
     printf '\n(total %s s)\n' "$((SECONDS - t0))"
 }

@@ -54,6 +54,10 @@ pub struct Cluster {
     pub hosts: Vec<Host>,
     pub bridge: String,
     scratch: TempDir,
+    /// The `capstan server` arguments of host 0, for [`Cluster::restart_server`].
+    server_args: Vec<String>,
+    /// Extra `capstan agent` arguments of the other hosts.
+    agent_args: Vec<String>,
 }
 
 fn ip(args: &[&str]) -> Out {
@@ -89,6 +93,28 @@ impl Cluster {
     /// Builds `n` hosts, starts the server (with `server_args`) in host 0 and agents in the
     /// others, with `images` imported into every node, and waits until all nodes are Ready.
     pub fn start(n: usize, server_args: &[&str], images: &[PathBuf]) -> Cluster {
+        Self::start_with(n, server_args, &[], false, images)
+    }
+
+    /// As [`Cluster::start`], but the hosts share no L2 segment: each host's veth ends in the
+    /// root namespace (its gateway) on a /24 of its own, the root namespace routing between
+    /// them; agents get `agent_args` too.
+    pub fn start_routed(
+        n: usize,
+        server_args: &[&str],
+        agent_args: &[&str],
+        images: &[PathBuf],
+    ) -> Cluster {
+        Self::start_with(n, server_args, agent_args, true, images)
+    }
+
+    fn start_with(
+        n: usize,
+        server_args: &[&str],
+        agent_args: &[&str],
+        routed: bool,
+        images: &[PathBuf],
+    ) -> Cluster {
         use std::sync::atomic::{AtomicU32, Ordering};
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let seq = NEXT.fetch_add(1, Ordering::SeqCst);
@@ -105,18 +131,29 @@ impl Cluster {
             hosts: Vec::new(),
             bridge: format!("cmb{tag}"),
             scratch,
+            server_args: Vec::new(),
+            agent_args: agent_args.iter().map(|a| a.to_string()).collect(),
         };
-        ip(&["link", "add", &cluster.bridge, "type", "bridge"]).ok();
-        ip(&[
-            "addr",
-            "add",
-            &format!("{gateway}/24"),
-            "dev",
-            &cluster.bridge,
-        ])
-        .ok();
-        ip(&["link", "set", &cluster.bridge, "up"]).ok();
+        if !routed {
+            ip(&["link", "add", &cluster.bridge, "type", "bridge"]).ok();
+            ip(&[
+                "addr",
+                "add",
+                &format!("{gateway}/24"),
+                "dev",
+                &cluster.bridge,
+            ])
+            .ok();
+            ip(&["link", "set", &cluster.bridge, "up"]).ok();
+        }
         for i in 0..n {
+            // Routed: a /24 per host (the address just added makes the next one differ).
+            let (x, gateway) = if routed {
+                let y = free_subnet(pid + seq * 7 + i as u32 * 13);
+                (y, Ipv4Addr::new(10, 250, y, 1))
+            } else {
+                (x, gateway)
+            };
             let data_dir = tempfile::Builder::new()
                 .prefix("capstan-e2e-host-")
                 .tempdir()
@@ -139,7 +176,13 @@ impl Cluster {
                 "link", "add", &host.veth, "type", "veth", "peer", "name", "eth0", "netns", ns,
             ])
             .ok();
-            ip(&["link", "set", &host.veth, "master", &cluster.bridge, "up"]).ok();
+            if routed {
+                let gw = format!("{gateway}/24");
+                ip(&["addr", "add", &gw, "dev", &host.veth]).ok();
+                ip(&["link", "set", &host.veth, "up"]).ok();
+            } else {
+                ip(&["link", "set", &host.veth, "master", &cluster.bridge, "up"]).ok();
+            }
             ip(&[
                 "-n",
                 ns,
@@ -266,7 +309,28 @@ impl Cluster {
         .map(|s| s.to_string())
         .collect();
         args.extend(extra.iter().map(|s| s.to_string()));
+        self.server_args = args.clone();
         self.spawn_in(0, args);
+    }
+
+    /// The PID of host `i`'s capstan process (nsenter execs it, so it is the child itself).
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.hosts[i].child.as_ref().map(Child::id)
+    }
+
+    /// `kill -9` of the server process in host 0, reaped; its pods' containers stay.
+    pub fn kill_server(&mut self) {
+        let child = self.hosts[0].child.as_mut().expect("the server runs");
+        child.kill().expect("SIGKILL capstan server");
+        child.wait().expect("reap capstan server");
+        self.hosts[0].child = None;
+    }
+
+    /// Starts the server again with the same arguments, data dir and netns; waits for /readyz.
+    pub fn restart_server(&mut self) {
+        self.hosts[0].kill();
+        self.spawn_in(0, self.server_args.clone());
+        self.wait_api();
     }
 
     /// Starts (again) the agent of host `i` (`token` may be empty once it joined).
@@ -276,6 +340,7 @@ impl Cluster {
         if !token.is_empty() {
             args.extend(["--token".to_string(), token.to_string()]);
         }
+        args.extend(self.agent_args.iter().cloned());
         self.spawn_in(i, args);
     }
 

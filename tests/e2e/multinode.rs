@@ -12,21 +12,21 @@ use crate::harness::{Kubectl, run};
 use crate::hosts::Cluster;
 
 const K: Kubectl = Kubectl::Minor(32);
-const IMAGE: &str = "capstan.test/e2e/busybox:1";
-const NS: &str = "mn";
+pub(crate) const IMAGE: &str = "capstan.test/e2e/busybox:1";
+pub(crate) const NS: &str = "mn";
 const TIMEOUT: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(300);
 
 /// The web Deployment (httpd answering its hostname, and the client's address at
 /// /cgi-bin/ip) and its NodePort Service; `when`: the spread constraint's whenUnsatisfiable.
-fn web(replicas: u32, when: &str) -> String {
+pub(crate) fn web(replicas: u32, when: &str) -> String {
     format!(
         "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n  namespace: {NS}\nspec:\n  replicas: {replicas}\n  selector:\n    matchLabels: {{app: web}}\n  template:\n    metadata:\n      labels: {{app: web}}\n    spec:\n      terminationGracePeriodSeconds: 1\n      topologySpreadConstraints:\n      - {{maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: {when}, labelSelector: {{matchLabels: {{app: web}}}}}}\n      containers:\n      - name: httpd\n        image: {IMAGE}\n        imagePullPolicy: IfNotPresent\n        command: [\"sh\", \"-c\", \"mkdir -p /www/cgi-bin && hostname > /www/index.html && printf \x27#!/bin/sh\\\\necho Content-Type: text/plain\\\\necho\\\\necho $REMOTE_ADDR\\\\n\x27 > /www/cgi-bin/ip && chmod +x /www/cgi-bin/ip && exec httpd -f -p 8080 -h /www\"]\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: {NS}\nspec:\n  type: NodePort\n  selector: {{app: web}}\n  ports:\n  - port: 80\n    targetPort: 8080\n"
     )
 }
 
 /// Running web pods with an IP: name → (node, pod IP).
-fn running_pods(c: &Cluster) -> BTreeMap<String, (String, String)> {
+pub(crate) fn running_pods(c: &Cluster) -> BTreeMap<String, (String, String)> {
     let out = c.kubectl(
         K,
         &["get", "pods", "-n", NS, "-l", "app=web", "-o", "json"],
@@ -56,7 +56,7 @@ fn running_pods(c: &Cluster) -> BTreeMap<String, (String, String)> {
 }
 
 /// Polls `f` until it returns Some, or panics with `what` and the hosts' logs.
-fn wait_for<T>(
+pub(crate) fn wait_for<T>(
     c: &mut Cluster,
     what: &str,
     timeout: Duration,
@@ -79,7 +79,7 @@ fn wait_for<T>(
 }
 
 /// From `pod`: every IP in `ips` on :8080 and the Service by name; what failed, if anything.
-fn probe_from(c: &Cluster, pod: &str, ips: &[&str]) -> Result<String, String> {
+pub(crate) fn probe_from(c: &Cluster, pod: &str, ips: &[&str]) -> Result<String, String> {
     let script = format!(
         "for ip in {}; do timeout 3 wget -qO- http://$ip:8080/ || echo FAIL $ip; \
          echo \"from $ip\" $(timeout 3 wget -qO- http://$ip:8080/cgi-bin/ip); done; \
@@ -94,7 +94,7 @@ fn probe_from(c: &Cluster, pod: &str, ips: &[&str]) -> Result<String, String> {
     }
 }
 
-fn curl(url: &str) -> Option<String> {
+pub(crate) fn curl(url: &str) -> Option<String> {
     let mut cmd = Command::new("curl");
     cmd.args(["-s", "-m", "3", url]);
     let out = run(cmd, None);

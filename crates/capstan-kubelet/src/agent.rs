@@ -57,6 +57,8 @@ pub struct AgentConfig {
     pub proxy: Option<capstan_net::proxy::ProxyOptions>,
     /// Run the host-gw backend: routes to the other nodes' pod CIDRs via their addresses.
     pub host_gw: bool,
+    /// Run the VXLAN backend: a VXLAN device, routes to the other nodes' pod CIDRs over it.
+    pub vxlan: bool,
 }
 
 impl AgentConfig {
@@ -85,6 +87,7 @@ impl AgentConfig {
             node_labels: BTreeMap::new(),
             proxy: None,
             host_gw: false,
+            vxlan: false,
         }
     }
 }
@@ -200,6 +203,17 @@ async fn wait_for_pod_cidr(
     }
 }
 
+/// With the VXLAN backend, pods get the tunnel's MTU (the node interface's less 50).
+async fn vxlan_pod_mtu(c: &AgentConfig) -> Option<u32> {
+    if !c.vxlan {
+        return None;
+    }
+    capstan_net::vxlan::pod_mtu(c.node_ip)
+        .await
+        .inspect_err(|e| tracing::warn!(error = %e, "vxlan pod MTU"))
+        .ok()
+}
+
 fn enable_ip_forward() {
     if let Err(e) = std::fs::write("/proc/sys/net/ipv4/ip_forward", "1") {
         tracing::warn!(error = %e, "setting net.ipv4.ip_forward=1");
@@ -245,7 +259,7 @@ pub async fn run_agent(
         bridge: c.cni_bridge.clone(),
         pod_cidr: pod_cidr.clone(),
         ipam_data_dir: c.data_dir.join("agent/cni/networks"),
-        mtu: None,
+        mtu: vxlan_pod_mtu(c).await,
     };
     write_default_conflist(&c.cni_conf_dir, &network)
         .map_err(|e| KubeletError::Setup(format!("writing the CNI config: {e}")))?;
@@ -302,6 +316,15 @@ pub async fn run_agent(
             tasks.clone(),
         ))
     });
+    let vxlan = c.vxlan.then(|| {
+        let options =
+            capstan_net::vxlan::VxlanOptions::new(&c.node_name, c.node_ip, pod_cidr.clone());
+        tokio::spawn(capstan_net::vxlan::run(
+            client.clone(),
+            options,
+            tasks.clone(),
+        ))
+    });
     shutdown.cancelled().await;
     tracing::info!("node agent stopping (containers keep running)");
     tasks.cancel();
@@ -312,6 +335,9 @@ pub async fn run_agent(
     }
     if let Some(host_gw) = host_gw {
         let _ = host_gw.await;
+    }
+    if let Some(vxlan) = vxlan {
+        let _ = vxlan.await;
     }
     let _ = server_task.await;
     Ok(())

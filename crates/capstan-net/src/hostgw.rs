@@ -23,7 +23,7 @@ const RETRY_INTERVAL: Duration = Duration::from_secs(2);
 /// Errors from reading or changing the routing table.
 #[derive(Debug, thiserror::Error)]
 pub enum HostGwError {
-    #[error("running ip {args}: {source}")]
+    #[error("running {args}: {source}")]
     Spawn {
         args: String,
         source: std::io::Error,
@@ -97,8 +97,15 @@ fn internal_ip(node: &Node) -> Option<Ipv4Addr> {
         .find_map(|a| a.address.parse::<Ipv4Addr>().ok())
 }
 
+/// One owned route as `ip -j route` shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OwnedRoute {
+    pub gateway: Option<Ipv4Addr>,
+    pub dev: Option<String>,
+}
+
 /// The owned routes now in the main table, parsed from `ip -j route show proto N`.
-pub fn parse_routes(json: &str) -> Result<BTreeMap<String, Option<Ipv4Addr>>, HostGwError> {
+pub fn parse_routes(json: &str) -> Result<BTreeMap<String, OwnedRoute>, HostGwError> {
     let value: serde_json::Value =
         serde_json::from_str(json.trim()).map_err(|e| HostGwError::Parse(e.to_string()))?;
     let list = value
@@ -115,18 +122,25 @@ pub fn parse_routes(json: &str) -> Result<BTreeMap<String, Option<Ipv4Addr>>, Ho
         } else {
             format!("{dst}/32")
         };
-        let gw = r
+        let gateway = r
             .get("gateway")
             .and_then(|g| g.as_str())
             .and_then(|g| g.parse().ok());
-        routes.insert(dst, gw);
+        let dev = r.get("dev").and_then(|d| d.as_str()).map(str::to_string);
+        routes.insert(dst, OwnedRoute { gateway, dev });
     }
     Ok(routes)
 }
 
-async fn ip(args: &[String]) -> Result<String, HostGwError> {
-    let joined = args.join(" ");
-    let out = tokio::process::Command::new("ip")
+/// Runs `ip` with `args`; its stdout, or its stderr as the error.
+pub(crate) async fn ip(args: &[String]) -> Result<String, HostGwError> {
+    command("ip", args).await
+}
+
+/// Runs `program` (`ip`, `bridge`) with `args`; its stdout, or its stderr as the error.
+pub(crate) async fn command(program: &str, args: &[String]) -> Result<String, HostGwError> {
+    let joined = format!("{program} {}", args.join(" "));
+    let out = tokio::process::Command::new(program)
         .args(args)
         .kill_on_drop(true)
         .output()
@@ -137,7 +151,7 @@ async fn ip(args: &[String]) -> Result<String, HostGwError> {
         })?;
     if !out.status.success() {
         return Err(HostGwError::Ip {
-            args: format!("ip {joined}"),
+            args: joined,
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
         });
     }
@@ -150,7 +164,7 @@ pub async fn apply(want: &BTreeMap<String, Ipv4Addr>, proto: u8) -> Result<(), H
     let have = parse_routes(&ip(&s(&["-j", "-4", "route", "show", "proto", &proto])).await?)?;
     let mut first_error = None;
     for (dst, gw) in want {
-        if have.get(dst) == Some(&Some(*gw)) {
+        if have.get(dst).is_some_and(|r| r.gateway == Some(*gw)) {
             continue;
         }
         let gw = gw.to_string();
@@ -175,34 +189,35 @@ pub async fn apply(want: &BTreeMap<String, Ipv4Addr>, proto: u8) -> Result<(), H
     first_error.map_or(Ok(()), Err)
 }
 
-fn s(args: &[&str]) -> Vec<String> {
+pub(crate) fn s(args: &[&str]) -> Vec<String> {
     args.iter().map(|a| a.to_string()).collect()
 }
 
-/// The nat chain that keeps pod-to-pod traffic between nodes unmasqueraded: the bridge
-/// plugin's ipMasq would hide the source pod behind its node's address otherwise.
+/// The nat chain that keeps pod-to-pod traffic between nodes unmasqueraded (host-gw and
+/// vxlan): the bridge plugin's ipMasq would hide the source pod behind its node's address.
 pub const NO_MASQ_CHAIN: &str = "CAPSTAN-HOSTGW";
 
 /// `iptables-restore --noflush` input: the chain's rules, ACCEPT (no NAT) from this node's
-/// pods to every other node's pods.
-pub fn no_masq_rules(pod_cidr: &str, want: &BTreeMap<String, Ipv4Addr>) -> String {
+/// pods to every other node's pod CIDR in `dsts`.
+pub fn no_masq_rules<'a>(pod_cidr: &str, dsts: impl IntoIterator<Item = &'a String>) -> String {
     let mut s = format!("*nat\n:{NO_MASQ_CHAIN} - [0:0]\n");
-    for dst in want.keys() {
+    for dst in dsts {
         s.push_str(&format!(
-            "-A {NO_MASQ_CHAIN} -s {pod_cidr} -d {dst} -m comment --comment \"capstan host-gw: pod to pod\" -j ACCEPT\n"
+            "-A {NO_MASQ_CHAIN} -s {pod_cidr} -d {dst} -m comment --comment \"capstan: pod to pod\" -j ACCEPT\n"
         ));
     }
     s.push_str("COMMIT\n");
     s
 }
 
-/// Writes the no-masquerade chain and makes POSTROUTING jump to it first.
-async fn apply_no_masq(
+/// Writes the no-masquerade chain (this node's pods to `dsts`) and makes POSTROUTING jump
+/// to it first.
+pub(crate) async fn apply_no_masq<'a>(
     pod_cidr: &str,
-    want: &BTreeMap<String, Ipv4Addr>,
+    dsts: impl IntoIterator<Item = &'a String>,
 ) -> Result<(), HostGwError> {
     use tokio::io::AsyncWriteExt;
-    let rules = no_masq_rules(pod_cidr, want);
+    let rules = no_masq_rules(pod_cidr, dsts);
     let args = "iptables-restore --noflush".to_string();
     let mut child = tokio::process::Command::new("iptables-restore")
         .arg("--noflush")
@@ -304,7 +319,7 @@ async fn sync_loop(
             let masq = if want.is_empty() && last.is_none() {
                 Ok(())
             } else {
-                apply_no_masq(&options.pod_cidr, &want).await
+                apply_no_masq(&options.pod_cidr, want.keys()).await
             };
             if let Err(e) = &masq {
                 tracing::warn!(error = %e, "host-gw no-masquerade rules");
@@ -370,8 +385,9 @@ mod tests {
 
     #[test]
     fn no_masq_chain_accepts_pod_to_pod_only() {
-        let want = BTreeMap::from([("10.42.1.0/24".to_string(), "10.0.0.2".parse().unwrap())]);
-        let rules = no_masq_rules("10.42.0.0/24", &want);
+        let want: BTreeMap<String, Ipv4Addr> =
+            BTreeMap::from([("10.42.1.0/24".to_string(), "10.0.0.2".parse().unwrap())]);
+        let rules = no_masq_rules("10.42.0.0/24", want.keys());
         assert!(
             rules.starts_with("*nat\n:CAPSTAN-HOSTGW - [0:0]\n"),
             "{rules}"
@@ -389,10 +405,11 @@ mod tests {
             {"dst":"10.9.9.9","dev":"eth0","flags":[]}]"#;
         let r = parse_routes(json).unwrap();
         assert_eq!(
-            r.get("10.42.1.0/24"),
-            Some(&Some("10.0.0.2".parse().unwrap()))
+            r.get("10.42.1.0/24").and_then(|r| r.gateway),
+            Some("10.0.0.2".parse().unwrap())
         );
-        assert_eq!(r.get("10.9.9.9/32"), Some(&None));
+        assert_eq!(r["10.42.1.0/24"].dev.as_deref(), Some("eth0"));
+        assert_eq!(r.get("10.9.9.9/32").map(|r| r.gateway), Some(None));
         assert!(parse_routes("").is_err());
     }
 }

@@ -7,4 +7,5 @@ pub mod cni;
 pub mod dns;
 pub mod hostgw;
 pub mod proxy;
+pub mod vxlan;
 pub mod watch;

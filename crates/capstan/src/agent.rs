@@ -62,8 +62,9 @@ pub struct NodeFlags {
     #[arg(long)]
     pub disable_kube_proxy: bool,
     /// Cross-node pod network: `host-gw` (routes to other nodes' pod CIDRs via their
-    /// addresses; nodes on one L2 segment) or `none` (another CNI provides it).
-    #[arg(long, default_value = "host-gw", value_parser = ["host-gw", "none"])]
+    /// addresses; nodes on one L2 segment), `vxlan` (a VXLAN overlay; nodes need only reach
+    /// each other's address on UDP 8472) or `none` (another CNI provides it).
+    #[arg(long, default_value = "host-gw", value_parser = ["host-gw", "vxlan", "none"])]
     pub flannel_backend: String,
 }
 
@@ -121,6 +122,7 @@ impl NodeFlags {
         }
         c.node_labels = labels;
         c.host_gw = self.flannel_backend == "host-gw";
+        c.vxlan = self.flannel_backend == "vxlan";
         c.proxy = (!self.disable_kube_proxy)
             .then(|| capstan_net::proxy::ProxyOptions::new(&self.proxy_table, &c.node_name));
         Ok(c)
