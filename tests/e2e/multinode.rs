@@ -1,15 +1,19 @@
 //! A cluster of three hosts (network namespaces on one bridge): one `capstan server`, two
 //! `capstan agent`s joined with a token, host-gw routes between the nodes' pod CIDRs.
 //! Pod-to-pod by IP (source address kept), Service by DNS name, NodePort on every host; then a
-//! partitioned host: NotReady, its pods recreated elsewhere, back to Ready and cleaned up.
+//! partitioned host: NotReady, its pods recreated elsewhere, back to Ready, and the stale pods'
+//! containers, sandboxes, netns, cgroups and logs gone from it.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::harness::{Kubectl, run};
-use crate::hosts::Cluster;
+use crate::hosts::{Cluster, Host};
+use serde_json::Value;
 
 const K: Kubectl = Kubectl::Minor(32);
 pub(crate) const IMAGE: &str = "capstan.test/e2e/busybox:1";
@@ -248,6 +252,209 @@ fn all_pods(c: &Cluster) -> Option<BTreeMap<String, String>> {
     )
 }
 
+/// A web pod's sandbox as one host's runtime keeps it (`<data dir>/runtime`, `<run dir>`).
+#[derive(Debug)]
+struct HostSandbox {
+    pod: String,
+    uid: String,
+    id: String,
+    pause_pid: u64,
+    netns: PathBuf,
+    containers: Vec<String>,
+}
+
+fn read_json(path: &Path) -> Option<Value> {
+    serde_json::from_str(&fs::read_to_string(path).ok()?).ok()
+}
+
+/// The web pods' sandboxes (with their containers) in host `h`'s runtime state.
+fn host_sandboxes(h: &Host) -> Vec<HostSandbox> {
+    let root = h.data_dir.path().join("runtime");
+    let mut containers: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for e in fs::read_dir(root.join("containers"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if let Some(c) = read_json(&e.path().join("container.json")) {
+            let sandbox = c["pod_sandbox_id"].as_str().unwrap_or_default().to_string();
+            let id = c["id"].as_str().unwrap_or_default().to_string();
+            containers.entry(sandbox).or_default().push(id);
+        }
+    }
+    let mut out = Vec::new();
+    for e in fs::read_dir(root.join("sandboxes"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let Some(s) = read_json(&e.path().join("sandbox.json")) else {
+            continue;
+        };
+        let meta = &s["config"]["metadata"];
+        if meta["namespace"] != NS {
+            continue;
+        }
+        let id = s["id"].as_str().unwrap_or_default().to_string();
+        out.push(HostSandbox {
+            pod: meta["name"].as_str().unwrap_or_default().to_string(),
+            uid: meta["uid"].as_str().unwrap_or_default().to_string(),
+            pause_pid: s["pid"].as_u64().unwrap_or_default(),
+            netns: PathBuf::from(s["netns_path"].as_str().unwrap_or_default()),
+            containers: containers.remove(&id).unwrap_or_default(),
+            id,
+        });
+    }
+    out
+}
+
+/// `runc list` in host `h`'s runc root: container id → status.
+fn runc_list(h: &Host) -> BTreeMap<String, String> {
+    let mut cmd = Command::new("runc");
+    cmd.arg("--root")
+        .arg(h.node.run_dir.join("runc"))
+        .args(["list", "-f", "json"]);
+    let out = run(cmd, None);
+    let list: Value = serde_json::from_str(&out.stdout).unwrap_or(Value::Null);
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            let field = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+            (field("id"), field("status"))
+        })
+        .collect()
+}
+
+/// The pod cgroup directories of sandbox `id` on host `h` (every hierarchy, v1 or v2).
+fn pod_cgroups(h: &Host, id: &str) -> Vec<PathBuf> {
+    let rel = format!("{}/pod{id}", h.node.cgroup_parent.trim_matches('/'));
+    let root = Path::new("/sys/fs/cgroup");
+    let hierarchies = fs::read_dir(root).into_iter().flatten().flatten();
+    std::iter::once(root.to_path_buf())
+        .chain(hierarchies.map(|e| e.path()))
+        .map(|r| r.join(&rel))
+        .filter(|d| d.is_dir())
+        .collect()
+}
+
+/// Pod names host `h`'s kubelet reports in /stats/summary (asked inside the host, as admin).
+fn kubelet_pods(c: &Cluster, h: &Host) -> Option<BTreeSet<String>> {
+    use base64::Engine as _;
+    let (crt, key) = (c.scratch().join("admin.crt"), c.scratch().join("admin.key"));
+    if !key.exists() {
+        let kubeconfig = fs::read_to_string(c.kubeconfig()).ok()?;
+        for (field, path) in [
+            ("client-certificate-data:", &crt),
+            ("client-key-data:", &key),
+        ] {
+            let data = kubeconfig
+                .lines()
+                .find_map(|l| l.trim().strip_prefix(field))?;
+            let pem = base64::engine::general_purpose::STANDARD
+                .decode(data.trim())
+                .ok()?;
+            fs::write(path, pem).ok()?;
+        }
+    }
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net=/run/netns/{}", h.netns))
+        .args(["--", "curl", "-sfk", "-m", "5", "--cert"])
+        .arg(&crt)
+        .arg("--key")
+        .arg(&key)
+        .arg("https://127.0.0.1:10250/stats/summary");
+    let out = run(cmd, None);
+    let summary: Value = serde_json::from_str(&out.stdout).ok()?;
+    Some(
+        summary["pods"]
+            .as_array()?
+            .iter()
+            .filter(|p| p["podRef"]["namespace"] == NS)
+            .filter_map(|p| p["podRef"]["name"].as_str().map(str::to_string))
+            .collect(),
+    )
+}
+
+/// What of `sandboxes` still exists on host `h`: processes, runc containers, state, netns,
+/// cgroups, log dirs, and the kubelet's own report.
+fn leftovers(c: &Cluster, h: &Host, sandboxes: &[HostSandbox]) -> Vec<String> {
+    let runc = runc_list(h);
+    let reported = kubelet_pods(c, h);
+    let state = h.data_dir.path().join("runtime");
+    let mut left = Vec::new();
+    for sb in sandboxes {
+        let cmdline = fs::read(format!("/proc/{}/cmdline", sb.pause_pid)).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains("pause") {
+            left.push(format!("{}: pause process {}", sb.pod, sb.pause_pid));
+        }
+        for id in &sb.containers {
+            if let Some(status) = runc.get(id) {
+                left.push(format!("{}: runc container {id} {status}", sb.pod));
+            }
+            if state.join("containers").join(id).exists() {
+                left.push(format!("{}: container state {id}", sb.pod));
+            }
+        }
+        if state.join("sandboxes").join(&sb.id).exists() {
+            left.push(format!("{}: sandbox state {}", sb.pod, sb.id));
+        }
+        if sb.netns.exists() {
+            left.push(format!("{}: netns {}", sb.pod, sb.netns.display()));
+        }
+        for d in pod_cgroups(h, &sb.id) {
+            left.push(format!("{}: cgroup {}", sb.pod, d.display()));
+        }
+        let logs = h
+            .node
+            .pod_log_dir
+            .join(format!("{NS}_{}_{}", sb.pod, sb.uid));
+        if logs.exists() {
+            left.push(format!("{}: log dir {}", sb.pod, logs.display()));
+        }
+        match &reported {
+            Some(pods) if !pods.contains(&sb.pod) => {}
+            Some(_) => left.push(format!("{}: reported by the kubelet", sb.pod)),
+            None => left.push(format!("{}: kubelet stats unreadable", sb.pod)),
+        }
+    }
+    left
+}
+
+/// Panics unless every sandbox runs on host `h`: pause, running containers, netns, cgroups,
+/// and the kubelet reports the pod.
+fn assert_running_on(c: &Cluster, h: &Host, sandboxes: &[HostSandbox], when: &str) {
+    let runc = runc_list(h);
+    let reported = kubelet_pods(c, h).unwrap_or_default();
+    for sb in sandboxes {
+        let cmdline = fs::read(format!("/proc/{}/cmdline", sb.pause_pid)).unwrap_or_default();
+        assert!(
+            String::from_utf8_lossy(&cmdline).contains("pause"),
+            "{when}: pause of {} gone: {sb:?}",
+            sb.pod
+        );
+        assert!(!sb.containers.is_empty(), "{when}: no containers: {sb:?}");
+        for id in &sb.containers {
+            assert_eq!(
+                runc.get(id).map(String::as_str),
+                Some("running"),
+                "{when}: {} container {id} not running: {runc:?}",
+                sb.pod
+            );
+        }
+        assert!(sb.netns.exists(), "{when}: {sb:?}");
+        assert!(
+            !pod_cgroups(h, &sb.id).is_empty(),
+            "{when}: no cgroup: {sb:?}"
+        );
+        assert!(
+            reported.contains(&sb.pod),
+            "{when}: kubelet does not report {}: {reported:?}",
+            sb.pod
+        );
+    }
+}
+
 #[test]
 fn multinode_partitioned_node_goes_not_ready_and_its_pods_move() {
     let started = Instant::now();
@@ -298,8 +505,41 @@ fn multinode_partitioned_node_goes_not_ready_and_its_pods_move() {
         .as_u64()
         .expect("nodePort");
 
+    // The victim's pods as its runtime runs them, before the cut.
+    let on_victim: BTreeSet<&String> = pods
+        .iter()
+        .filter(|(_, (n, _))| *n == victim_name)
+        .map(|(p, _)| p)
+        .collect();
+    let stale: Vec<HostSandbox> = host_sandboxes(&c.hosts[victim])
+        .into_iter()
+        .filter(|sb| on_victim.contains(&sb.pod))
+        .collect();
+    assert_eq!(stale.len(), on_victim.len(), "{stale:?} vs {on_victim:?}");
+    assert_running_on(&c, &c.hosts[victim], &stale, "before the cut");
+    let names: Vec<&str> = stale.iter().map(|sb| sb.pod.as_str()).collect();
+    eprintln!("cutting off {victim_name} running {names:?}");
+
     c.hosts[victim].set_link(false);
     let cut = Instant::now();
+    // One is force-deleted at once, before any eviction marks it: the kubelet misses both, so
+    // only the deletion (or its absence on a re-list) after reconnecting tells it the pod is
+    // gone. The others are evicted and stay Terminating until the kubelet has stopped them.
+    let forced = stale[0].pod.clone();
+    c.kubectl(
+        K,
+        &[
+            "delete",
+            "pod",
+            "-n",
+            NS,
+            &forced,
+            "--grace-period=0",
+            "--force",
+        ],
+        None,
+    )
+    .ok();
     wait_for(
         &mut c,
         "the cut-off node NotReady",
@@ -320,6 +560,30 @@ fn multinode_partitioned_node_goes_not_ready_and_its_pods_move() {
         },
     );
     eprintln!("pods recreated {:?} after the cut", cut.elapsed());
+    // Cut off, the kubelet keeps running what it last knew of.
+    assert_running_on(&c, &c.hosts[victim], &stale, "during the partition");
+    // The clean-up check below sees all of it now (it cannot pass for lack of looking).
+    let left = leftovers(&c, &c.hosts[victim], &stale).join("\n");
+    for sb in &stale {
+        for what in [
+            "pause process",
+            "runc container",
+            "container state",
+            "sandbox state",
+            "netns",
+            "cgroup",
+            "log dir",
+            "reported by the kubelet",
+        ] {
+            let needle = format!("{}: ", sb.pod);
+            assert!(
+                left.lines()
+                    .any(|l| l.starts_with(&needle) && l.contains(what)),
+                "{what} of {} not seen: {left}",
+                sb.pod
+            );
+        }
+    }
     // The Service answers through each reachable node, every time.
     for h in c.hosts.iter().filter(|h| h.node.name != victim_name) {
         let url = format!("http://{}:{node_port}/", h.addr);
@@ -349,7 +613,33 @@ fn multinode_partitioned_node_goes_not_ready_and_its_pods_move() {
         },
     );
     eprintln!(
-        "stale pods cleaned {:?} after reconnecting (test {:?})",
+        "stale pods left the API {:?} after reconnecting",
+        back.elapsed()
+    );
+    // And off the host: containers, pause, netns, cgroups, state, logs, the kubelet's report.
+    let mut shown = Instant::now();
+    wait_for(
+        &mut c,
+        "the stale pods' containers gone from the reconnected host",
+        TIMEOUT,
+        |c| {
+            let mut left = leftovers(c, &c.hosts[victim], &stale);
+            // Nor any other web pod (one bound there during the partition and evicted).
+            let ids: BTreeSet<&String> = stale.iter().map(|sb| &sb.id).collect();
+            for sb in host_sandboxes(&c.hosts[victim]) {
+                if !ids.contains(&sb.id) {
+                    left.push(format!("{}: sandbox {}", sb.pod, sb.id));
+                }
+            }
+            if !left.is_empty() && shown.elapsed() > Duration::from_secs(15) {
+                eprintln!("left on {victim_name}: {left:?}");
+                shown = Instant::now();
+            }
+            left.is_empty().then_some(())
+        },
+    );
+    eprintln!(
+        "stale pods' containers cleaned from {victim_name} {:?} after reconnecting (test {:?})",
         back.elapsed(),
         started.elapsed()
     );
