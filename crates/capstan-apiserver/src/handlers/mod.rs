@@ -1,5 +1,6 @@
 //! Request handlers for served resources: verbs dispatched by method and URL shape.
 
+mod delete;
 mod proxy;
 mod read;
 mod service_account;

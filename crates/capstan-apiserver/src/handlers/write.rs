@@ -8,13 +8,15 @@ use crate::object::{self, meta_mut, now_rfc3339};
 use crate::request::{Query, ResourcePath};
 use crate::response::{self, Body};
 use crate::server::ApiServer;
-use capstan_api::resources::RESOURCES;
 use capstan_api::{ApiError, ResourceInfo, Subresource, apply, defaults, patch, validation};
 use capstan_store::{KeyValue, StoreError};
+
+pub(crate) use super::delete::{delete, delete_collection, finalize_namespace};
+use super::delete::{finish_delete, should_delete_during_update};
 use serde_json::{Value, json};
 
 /// Attempts of a read-modify-write before giving up on a busy object.
-const MAX_RETRIES: usize = 8;
+pub(super) const MAX_RETRIES: usize = 8;
 
 pub(crate) fn store_error(
     info: &'static ResourceInfo,
@@ -143,7 +145,7 @@ fn respond(
 }
 
 /// Serialize for the store: the object without resourceVersion.
-fn to_store_bytes(obj: &Value) -> Result<Vec<u8>, ApiError> {
+pub(super) fn to_store_bytes(obj: &Value) -> Result<Vec<u8>, ApiError> {
     let mut o = obj.clone();
     if let Some(m) = o.get_mut("metadata").and_then(Value::as_object_mut) {
         m.remove("resourceVersion");
@@ -151,12 +153,12 @@ fn to_store_bytes(obj: &Value) -> Result<Vec<u8>, ApiError> {
     serde_json::to_vec(&o).map_err(|e| ApiError::internal(e.to_string()))
 }
 
-fn with_rv(mut obj: Value, rev: i64) -> Value {
+pub(super) fn with_rv(mut obj: Value, rev: i64) -> Value {
     meta_mut(&mut obj).insert("resourceVersion".into(), json!(rev.to_string()));
     obj
 }
 
-fn parse_stored(kv: &KeyValue) -> Result<Value, ApiError> {
+pub(super) fn parse_stored(kv: &KeyValue) -> Result<Value, ApiError> {
     let v: Value = serde_json::from_slice(&kv.value)
         .map_err(|e| ApiError::internal(format!("stored object {} is corrupt: {e}", kv.key)))?;
     Ok(with_rv(v, kv.mod_revision))
@@ -335,7 +337,12 @@ where
             None
         };
         if strip_rv(&new) == strip_rv(&old) {
-            // Nothing changed: no write, the resourceVersion stays.
+            // Nothing changed: no write, the resourceVersion stays; a terminating object left
+            // with grace 0 and no finalizers (a delete cut short) is removed, as upstream does.
+            if !opts.dry_run && should_delete_during_update(&old, &new) {
+                let obj = finish_delete(server, info, &key, &name, &old, cur.mod_revision).await?;
+                return Ok((obj, 200));
+            }
             return Ok((old, 200));
         }
         let (mut obj, expected) = (new, cur.mod_revision);
@@ -355,8 +362,7 @@ where
             }
             return Ok((obj, 200));
         }
-        let finalize_now = object::meta_str(&obj, "deletionTimestamp").is_some()
-            && object::finalizers(&obj).is_empty();
+        let finalize_now = should_delete_during_update(&old, &obj);
         match server
             .store
             .update(&key, to_store_bytes(&obj)?, expected)
@@ -542,305 +548,4 @@ pub(crate) async fn patch_with(
     })
     .await?;
     respond(info, &out, headers, q, code, &warnings)
-}
-
-/// DeleteOptions from the body (if any) and the query string.
-struct DeleteOptions {
-    grace: Option<i64>,
-    propagation: Option<String>,
-    uid: Option<String>,
-    rv: Option<String>,
-    dry_run: bool,
-}
-
-fn delete_options(q: &Query, body: &[u8]) -> Result<DeleteOptions, ApiError> {
-    let b: Value = if body.iter().all(u8::is_ascii_whitespace) {
-        Value::Null
-    } else {
-        serde_json::from_slice(body)
-            .map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?
-    };
-    let dry = q.dry_run()?
-        || b["dryRun"]
-            .as_array()
-            .is_some_and(|a| a.iter().any(|v| v == "All"));
-    let prop = b["propagationPolicy"]
-        .as_str()
-        .map(String::from)
-        .or_else(|| q.get("propagationPolicy").map(String::from));
-    if let Some(p) = &prop
-        && !matches!(p.as_str(), "Orphan" | "Background" | "Foreground")
-    {
-        return Err(ApiError::bad_request(format!(
-            "propagationPolicy: Unsupported value: {p:?}: supported values: \"Foreground\", \"Background\", \"Orphan\""
-        )));
-    }
-    Ok(DeleteOptions {
-        grace: b["gracePeriodSeconds"]
-            .as_i64()
-            .or(q.int("gracePeriodSeconds")?),
-        propagation: prop,
-        uid: b["preconditions"]["uid"].as_str().map(String::from),
-        rv: b["preconditions"]["resourceVersion"]
-            .as_str()
-            .map(String::from),
-        dry_run: dry,
-    })
-}
-
-pub(crate) async fn delete(
-    server: &ApiServer,
-    rp: &ResourcePath,
-    q: &Query,
-    body: bytes::Bytes,
-) -> Result<http::Response<Body>, ApiError> {
-    let info = rp.info();
-    let opts = delete_options(q, &body)?;
-    let name = rp.name.clone().unwrap_or_default();
-    let (obj, code) = delete_one(server, info, rp.namespace.as_deref(), &name, &opts).await?;
-    Ok(response::json(code, &obj))
-}
-
-async fn delete_one(
-    server: &ApiServer,
-    info: &'static ResourceInfo,
-    ns: Option<&str>,
-    name: &str,
-    opts: &DeleteOptions,
-) -> Result<(Value, u16), ApiError> {
-    let key = info.store_key(ns, name);
-    let user = admission::current_user();
-    for _ in 0..MAX_RETRIES {
-        let cur = server
-            .store
-            .get(&key)
-            .await
-            .map_err(store_error(info, name))?
-            .ok_or_else(|| ApiError::not_found(info, name))?;
-        let obj = parse_stored(&cur)?;
-        let req = admission::Request {
-            operation: admission::Operation::Delete,
-            info,
-            subresource: None,
-            namespace: ns,
-            name,
-            user: &user,
-            old: Some(&obj),
-            dry_run: opts.dry_run,
-        };
-        admission::admit_delete(server, &req, &obj).await?;
-        if let Some(uid) = &opts.uid {
-            let actual = object::meta_str(&obj, "uid").unwrap_or_default();
-            if uid != actual {
-                return Err(ApiError::conflict_msg(
-                    info,
-                    name,
-                    &format!(
-                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {actual}"
-                    ),
-                ));
-            }
-        }
-        if let Some(rv) = &opts.rv
-            && *rv != cur.mod_revision.to_string()
-        {
-            return Err(ApiError::conflict_msg(
-                info,
-                name,
-                &format!(
-                    "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
-                    cur.mod_revision
-                ),
-            ));
-        }
-        let mut finalizers = object::finalizers(&obj);
-        match opts.propagation.as_deref() {
-            Some("Orphan") if !finalizers.iter().any(|f| f == "orphan") => {
-                finalizers.push("orphan".into())
-            }
-            Some("Foreground") if !finalizers.iter().any(|f| f == "foregroundDeletion") => {
-                finalizers.push("foregroundDeletion".into())
-            }
-            _ => {}
-        }
-        let graceful_pod = info.kind == "Pod"
-            && info.group.is_empty()
-            && obj["spec"]["nodeName"]
-                .as_str()
-                .is_some_and(|n| !n.is_empty())
-            && obj["status"]["phase"]
-                .as_str()
-                .is_none_or(|p| p != "Succeeded" && p != "Failed")
-            && opts.grace.unwrap_or(1) != 0;
-        let is_namespace = info.kind == "Namespace" && info.group.is_empty();
-        let already = object::meta_str(&obj, "deletionTimestamp").is_some();
-        let keep = !finalizers.is_empty()
-            || graceful_pod
-            || (is_namespace && ns_has_spec_finalizers(&obj));
-        if !keep {
-            if opts.dry_run {
-                return Ok((obj, 200));
-            }
-            match server.store.delete(&key, Some(cur.mod_revision)).await {
-                Ok((_rev, _)) => {
-                    after_delete(server, info, &obj).await;
-                    return Ok((obj, 200));
-                }
-                Err(StoreError::Conflict { .. }) => continue,
-                Err(e) => return Err(store_error(info, name)(e)),
-            }
-        }
-        if already && finalizers == object::finalizers(&obj) {
-            return Ok((obj, 202));
-        }
-        let mut upd = obj.clone();
-        let grace = if graceful_pod {
-            opts.grace
-                .or_else(|| obj["spec"]["terminationGracePeriodSeconds"].as_i64())
-                .unwrap_or(30)
-        } else {
-            0
-        };
-        {
-            let m = meta_mut(&mut upd);
-            if !already {
-                let ts = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(grace);
-                m.insert(
-                    "deletionTimestamp".into(),
-                    json!(ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()),
-                );
-                m.insert("deletionGracePeriodSeconds".into(), json!(grace));
-            }
-            if !finalizers.is_empty() {
-                m.insert("finalizers".into(), json!(finalizers));
-            }
-        }
-        if is_namespace {
-            upd["status"]["phase"] = json!("Terminating");
-        }
-        if opts.dry_run {
-            return Ok((upd, 200));
-        }
-        match server
-            .store
-            .update(&key, to_store_bytes(&upd)?, cur.mod_revision)
-            .await
-        {
-            Ok(rev) => return Ok((with_rv(upd, rev), 200)),
-            Err(StoreError::Conflict { .. }) => continue,
-            Err(e) => return Err(store_error(info, name)(e)),
-        }
-    }
-    Err(ApiError::conflict(info, name))
-}
-
-fn ns_has_spec_finalizers(ns: &Value) -> bool {
-    ns["spec"]["finalizers"]
-        .as_array()
-        .is_some_and(|a| !a.is_empty())
-}
-
-async fn after_delete(server: &ApiServer, info: &ResourceInfo, obj: &Value) {
-    if info.kind == "Service" && info.group.is_empty() {
-        server.allocator.release_service(obj).await;
-    }
-}
-
-/// An update left the object with a deletionTimestamp and no finalizers: remove it.
-async fn finish_delete(
-    server: &ApiServer,
-    info: &'static ResourceInfo,
-    key: &str,
-    name: &str,
-    obj: &Value,
-    rev: i64,
-) -> Result<Value, ApiError> {
-    if info.kind == "Namespace" && info.group.is_empty() && ns_has_spec_finalizers(obj) {
-        return Ok(obj.clone());
-    }
-    match server.store.delete(key, Some(rev)).await {
-        Ok(_) | Err(StoreError::NotFound(_)) => {
-            after_delete(server, info, obj).await;
-            Ok(obj.clone())
-        }
-        Err(StoreError::Conflict { .. }) => Ok(obj.clone()),
-        Err(e) => Err(store_error(info, name)(e)),
-    }
-}
-
-pub(crate) async fn delete_collection(
-    server: &ApiServer,
-    rp: &ResourcePath,
-    q: &Query,
-    body: bytes::Bytes,
-) -> Result<http::Response<Body>, ApiError> {
-    let info = rp.info();
-    let opts = delete_options(q, &body)?;
-    let filter = super::read::Filter::from_query(info, q)?;
-    super::read::consistent(server).await?;
-    let (items, _) = server
-        .cache
-        .list(rp.resource, rp.namespace.as_deref(), None);
-    let mut deleted = Vec::new();
-    for o in items.iter().filter(|o| filter.matches(o)) {
-        match delete_one(server, info, o.namespace.as_deref(), &o.name, &opts).await {
-            Ok((v, _)) => deleted.push(v),
-            Err(e) if e.code == 404 => {}
-            Err(e) => return Err(e),
-        }
-    }
-    let rev = server.cache.revision();
-    Ok(response::json(
-        200,
-        &json!({"kind": info.list_kind(), "apiVersion": info.api_version(), "metadata": {"resourceVersion": rev.to_string()}, "items": deleted}),
-    ))
-}
-
-/// `namespaces/NAME/finalize`: set `spec.finalizers` (the namespace controller removes
-/// "kubernetes" once the namespace is empty); a terminating namespace left with no finalizers
-/// of either kind is deleted by the same call, as upstream's finalize storage does.
-pub(crate) async fn finalize_namespace(
-    server: &ApiServer,
-    name: &str,
-    finalizers: Vec<Value>,
-    pinned: Option<i64>,
-) -> Result<Value, ApiError> {
-    let info = &RESOURCES[RESOURCES
-        .iter()
-        .position(|r| r.group.is_empty() && r.plural == "namespaces")
-        .expect("namespaces served")];
-    let key = info.store_key(None, name);
-    for _ in 0..MAX_RETRIES {
-        let cur = server
-            .store
-            .get(&key)
-            .await
-            .map_err(store_error(info, name))?
-            .ok_or_else(|| ApiError::not_found(info, name))?;
-        if pinned.is_some_and(|rv| rv != cur.mod_revision) {
-            return Err(ApiError::conflict(info, name));
-        }
-        let mut obj = parse_stored(&cur)?;
-        obj["spec"]["finalizers"] = json!(finalizers);
-        if object::meta_str(&obj, "deletionTimestamp").is_some()
-            && finalizers.is_empty()
-            && object::finalizers(&obj).is_empty()
-        {
-            match server.store.delete(&key, Some(cur.mod_revision)).await {
-                Ok(_) | Err(StoreError::NotFound(_)) => return Ok(obj),
-                Err(StoreError::Conflict { .. }) if pinned.is_none() => continue,
-                Err(e) => return Err(store_error(info, name)(e)),
-            }
-        }
-        match server
-            .store
-            .update(&key, to_store_bytes(&obj)?, cur.mod_revision)
-            .await
-        {
-            Ok(rev) => return Ok(with_rv(obj, rev)),
-            Err(StoreError::Conflict { .. }) if pinned.is_none() => continue,
-            Err(e) => return Err(store_error(info, name)(e)),
-        }
-    }
-    Err(ApiError::conflict(info, name))
 }
