@@ -29,19 +29,24 @@ pub(crate) fn web(replicas: u32, when: &str) -> String {
     )
 }
 
-/// Running web pods with an IP: name → (node, pod IP).
-pub(crate) fn running_pods(c: &Cluster) -> BTreeMap<String, (String, String)> {
+/// The web pods of namespace `ns` as kubectl lists them (terminating ones too); None if
+/// kubectl failed.
+pub(crate) fn web_pods_in(c: &Cluster, ns: &str) -> Option<Vec<serde_json::Value>> {
     let out = c.kubectl(
         K,
-        &["get", "pods", "-n", NS, "-l", "app=web", "-o", "json"],
+        &["get", "pods", "-n", ns, "-l", "app=web", "-o", "json"],
         None,
     );
     if !out.status.success() {
-        return BTreeMap::new();
+        return None;
     }
-    let json = out.json();
+    Some(out.json()["items"].as_array().cloned().unwrap_or_default())
+}
+
+/// Running, ready web pods of namespace `ns` with an IP: name → (node, pod IP).
+pub(crate) fn running_pods_in(c: &Cluster, ns: &str) -> BTreeMap<String, (String, String)> {
     let mut pods = BTreeMap::new();
-    for p in json["items"].as_array().into_iter().flatten() {
+    for p in web_pods_in(c, ns).unwrap_or_default() {
         let running = p["status"]["phase"] == "Running"
             && p["metadata"]["deletionTimestamp"].is_null()
             && p["status"]["containerStatuses"][0]["ready"] == true;
@@ -57,6 +62,11 @@ pub(crate) fn running_pods(c: &Cluster) -> BTreeMap<String, (String, String)> {
         }
     }
     pods
+}
+
+/// Running, ready web pods with an IP: name → (node, pod IP).
+pub(crate) fn running_pods(c: &Cluster) -> BTreeMap<String, (String, String)> {
+    running_pods_in(c, NS)
 }
 
 /// Polls `f` until it returns Some, or panics with `what` and the hosts' logs.
@@ -222,20 +232,9 @@ fn ready_status(c: &Cluster) -> BTreeMap<String, String> {
 
 /// All web pods in the API (terminating ones too): name → node.
 fn all_pods(c: &Cluster) -> Option<BTreeMap<String, String>> {
-    let out = c.kubectl(
-        K,
-        &["get", "pods", "-n", NS, "-l", "app=web", "-o", "json"],
-        None,
-    );
-    if !out.status.success() {
-        return None;
-    }
-    let json = out.json();
     Some(
-        json["items"]
-            .as_array()
-            .into_iter()
-            .flatten()
+        web_pods_in(c, NS)?
+            .iter()
             .map(|p| {
                 (
                     p["metadata"]["name"]

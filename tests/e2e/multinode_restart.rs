@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::harness::{Kubectl, run};
 use crate::hosts::Cluster;
-use crate::multinode::{IMAGE, NS, curl, probe_from, running_pods, wait_for, web};
+use crate::multinode::{IMAGE, NS, curl, probe_from, running_pods, wait_for, web, web_pods_in};
 
 const K: Kubectl = Kubectl::Minor(32);
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -33,17 +33,8 @@ struct PodRecord {
 
 /// Every web pod in the API (terminating ones too): name → record; None if kubectl failed.
 fn pod_records(c: &Cluster) -> Option<BTreeMap<String, PodRecord>> {
-    let out = c.kubectl(
-        K,
-        &["get", "pods", "-n", NS, "-l", "app=web", "-o", "json"],
-        None,
-    );
-    if !out.status.success() {
-        return None;
-    }
-    let json = out.json();
     let mut pods = BTreeMap::new();
-    for p in json["items"].as_array().into_iter().flatten() {
+    for p in web_pods_in(c, NS)? {
         let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
         let cs = &p["status"]["containerStatuses"][0];
         pods.insert(

@@ -27,29 +27,7 @@ fn manifests() -> String {
 
 /// Ready web pods: name → (node, pod IP).
 fn running_pods(c: &Cluster) -> BTreeMap<String, (String, String)> {
-    let out = c.kubectl(
-        K,
-        &["get", "pods", "-n", NS, "-l", "app=web", "-o", "json"],
-        None,
-    );
-    if !out.status.success() {
-        return BTreeMap::new();
-    }
-    let mut pods = BTreeMap::new();
-    for p in out.json()["items"].as_array().into_iter().flatten() {
-        let ready = p["status"]["phase"] == "Running"
-            && p["metadata"]["deletionTimestamp"].is_null()
-            && p["status"]["containerStatuses"][0]["ready"] == true;
-        if let (true, Some(name), Some(node), Some(ip)) = (
-            ready,
-            p["metadata"]["name"].as_str(),
-            p["spec"]["nodeName"].as_str(),
-            p["status"]["podIP"].as_str(),
-        ) {
-            pods.insert(name.to_string(), (node.to_string(), ip.to_string()));
-        }
-    }
-    pods
+    crate::multinode::running_pods_in(c, NS)
 }
 
 /// Polls `f` until it returns Some, or panics with `what` (the hosts' logs follow on drop).

@@ -26,6 +26,8 @@ const RESYNC: Duration = Duration::from_secs(5);
 const RETRY: Duration = Duration::from_secs(1);
 /// Changes drained at once before a pass.
 const DRAIN: usize = 10_000;
+/// Least time between the starts of two passes: eviction times are seconds, not milliseconds.
+const MIN_PASS_GAP: Duration = Duration::from_millis(250);
 
 pub type Changes<K> = Pin<Box<dyn Stream<Item = Result<K, kube::runtime::watcher::Error>> + Send>>;
 
@@ -67,7 +69,14 @@ impl TaintManager {
         }
         let mut scheduled: HashMap<String, Scheduled> = HashMap::new();
         loop {
+            let started = Instant::now();
             let wake = self.pass(&mut scheduled).await;
+            // A pass reads every node and every pod on a tainted node: under a stream of pod
+            // changes (thousands of pods starting) passes are spaced out, changes coalesce.
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep_until((started + MIN_PASS_GAP).into()) => {}
+            }
             let wake = wake.min(Instant::now() + RESYNC);
             tokio::select! {
                 _ = stop.cancelled() => return,

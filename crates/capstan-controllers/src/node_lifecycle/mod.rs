@@ -21,7 +21,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
 use serde_json::json;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -137,11 +137,11 @@ impl Monitor {
             }
             next = Instant::now() + self.options.monitor_period;
             let nodes = self.nodes.state();
-            self.health.retain(|name, _| {
-                nodes
-                    .iter()
-                    .any(|n| n.metadata.name.as_deref() == Some(name))
-            });
+            let names: HashSet<&str> = nodes
+                .iter()
+                .filter_map(|n| n.metadata.name.as_deref())
+                .collect();
+            self.health.retain(|name, _| names.contains(name.as_str()));
             for node in nodes {
                 let node = self.check_health((*node).clone()).await;
                 self.taint(node).await;

@@ -3,6 +3,7 @@
 
 use std::fmt::Debug;
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Service};
@@ -49,13 +50,24 @@ pub async fn keep_zone(
         )),
     ];
     let mut serial: u32 = 1;
+    let mut next_allowed = Instant::now();
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = changed.notified() => {}
         }
+        // Under a stream of changes (thousands of pods starting) rebuilding after every one
+        // would keep a core busy: the next rebuild waits out a gap proportional to the last
+        // one's cost, and the changes arriving meanwhile coalesce into it.
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep_until(next_allowed.into()) => {}
+        }
         serial = serial.wrapping_add(1);
-        match rebuild(&domain, ttl, serial, &services, &slices, &pods) {
+        let started = Instant::now();
+        let built = rebuild(&domain, ttl, serial, &services, &slices, &pods);
+        next_allowed = Instant::now() + rebuild_gap(started.elapsed());
+        match built {
             Ok(z) => {
                 tracing::debug!(names = z.len(), serial, "cluster DNS zone rebuilt");
                 let z = Arc::new(z);
@@ -70,6 +82,16 @@ pub async fn keep_zone(
     for t in tasks {
         let _ = t.await;
     }
+}
+
+/// Least pause between two rebuilds, so a burst of changes costs one rebuild.
+const MIN_REBUILD_GAP: Duration = Duration::from_millis(50);
+/// Most pause between two rebuilds: the staleness bound for a very large zone.
+const MAX_REBUILD_GAP: Duration = Duration::from_secs(2);
+
+/// The pause after a rebuild that took `cost`: rebuilding stays under a ninth of a core.
+fn rebuild_gap(cost: Duration) -> Duration {
+    (cost * 8).clamp(MIN_REBUILD_GAP, MAX_REBUILD_GAP)
 }
 
 fn rebuild(
@@ -118,5 +140,17 @@ async fn feed<K>(
             Some(Err(e)) => tracing::debug!(error = %e, "cluster DNS watch"),
             None => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rebuild_gap_grows_with_the_cost_within_bounds() {
+        assert_eq!(rebuild_gap(Duration::ZERO), MIN_REBUILD_GAP);
+        assert_eq!(rebuild_gap(Duration::from_millis(100)), Duration::from_millis(800));
+        assert_eq!(rebuild_gap(Duration::from_secs(5)), MAX_REBUILD_GAP);
     }
 }
