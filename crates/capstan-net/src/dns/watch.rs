@@ -150,7 +150,10 @@ mod tests {
     #[test]
     fn rebuild_gap_grows_with_the_cost_within_bounds() {
         assert_eq!(rebuild_gap(Duration::ZERO), MIN_REBUILD_GAP);
-        assert_eq!(rebuild_gap(Duration::from_millis(100)), Duration::from_millis(800));
+        assert_eq!(
+            rebuild_gap(Duration::from_millis(100)),
+            Duration::from_millis(800)
+        );
         assert_eq!(rebuild_gap(Duration::from_secs(5)), MAX_REBUILD_GAP);
     }
 }
