@@ -461,11 +461,21 @@ async fn terminating_pod_stays_in_slice_but_leaves_endpoints() {
     })
     .await;
 
-    // Releasing the finalizer lets the pod go, and it leaves the slice.
+    // Releasing the finalizer and the kubelet's final grace-0 delete let the pod go (while its
+    // grace period runs, upstream keeps a terminating pod), and it leaves the slice.
     pods.patch(
         "held",
         &PatchParams::default(),
         &Patch::Merge(serde_json::json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
+    pods.delete(
+        "held",
+        &DeleteParams {
+            grace_period_seconds: Some(0),
+            ..DeleteParams::default()
+        },
     )
     .await
     .unwrap();
