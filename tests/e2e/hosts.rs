@@ -89,6 +89,18 @@ fn free_subnet(seed: u32) -> u8 {
         .expect("a free 10.250.x.0/24")
 }
 
+/// The busybox test image as an OCI archive tagged `image`, for `Cluster::start`'s `images`;
+/// the returned directory holds it and must outlive the start.
+pub fn busybox_archive(image: &str) -> (TempDir, PathBuf) {
+    let dir = tempfile::Builder::new()
+        .prefix("capstan-e2e-hosts-img-")
+        .tempdir()
+        .expect("tempdir");
+    let archive = dir.path().join("busybox.tar");
+    capstan_runtime::testimage::busybox_oci_archive(&archive, image).expect("busybox image");
+    (dir, archive)
+}
+
 impl Cluster {
     /// Builds `n` hosts, starts the server (with `server_args`) in host 0 and agents in the
     /// others, with `images` imported into every node, and waits until all nodes are Ready.

@@ -12,7 +12,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::harness::{Kubectl, run};
-use crate::hosts::{Cluster, Host};
+use crate::hosts::{Cluster, Host, busybox_archive};
 use serde_json::Value;
 
 const K: Kubectl = Kubectl::Minor(32);
@@ -41,6 +41,17 @@ pub(crate) fn web_pods_in(c: &Cluster, ns: &str) -> Option<Vec<serde_json::Value
         return None;
     }
     Some(out.json()["items"].as_array().cloned().unwrap_or_default())
+}
+
+/// The nodePort of Service `name` in the test namespace.
+pub(crate) fn service_node_port(c: &Cluster, name: &str) -> u64 {
+    let svc = c
+        .kubectl(K, &["get", "svc", "-n", NS, name, "-o", "json"], None)
+        .ok()
+        .json();
+    svc["spec"]["ports"][0]["nodePort"]
+        .as_u64()
+        .expect("nodePort")
 }
 
 /// Running, ready web pods of namespace `ns` with an IP: name → (node, pod IP).
@@ -118,12 +129,7 @@ pub(crate) fn curl(url: &str) -> Option<String> {
 #[test]
 fn multinode_three_hosts_pods_reach_each_other_services_and_node_ports() {
     let started = Instant::now();
-    let images = tempfile::Builder::new()
-        .prefix("capstan-e2e-mn-img-")
-        .tempdir()
-        .expect("tempdir");
-    let archive = images.path().join("busybox.tar");
-    capstan_runtime::testimage::busybox_oci_archive(&archive, IMAGE).expect("busybox image");
+    let (_images, archive) = busybox_archive(IMAGE);
     let mut c = Cluster::start(3, &[], &[archive]);
     eprintln!("3 hosts Ready after {:?}", started.elapsed());
 
@@ -188,13 +194,7 @@ fn multinode_three_hosts_pods_reach_each_other_services_and_node_ports() {
     );
 
     // NodePort on every host's address, from the root namespace.
-    let svc = c
-        .kubectl(K, &["get", "svc", "-n", NS, "web", "-o", "json"], None)
-        .ok()
-        .json();
-    let node_port = svc["spec"]["ports"][0]["nodePort"]
-        .as_u64()
-        .expect("nodePort");
+    let node_port = service_node_port(&c, "web");
     let addrs: Vec<String> = c.hosts.iter().map(|h| h.addr.to_string()).collect();
     for addr in &addrs {
         let url = format!("http://{addr}:{node_port}/");
@@ -457,12 +457,7 @@ fn assert_running_on(c: &Cluster, h: &Host, sandboxes: &[HostSandbox], when: &st
 #[test]
 fn multinode_partitioned_node_goes_not_ready_and_its_pods_move() {
     let started = Instant::now();
-    let images = tempfile::Builder::new()
-        .prefix("capstan-e2e-mn-img-")
-        .tempdir()
-        .expect("tempdir");
-    let archive = images.path().join("busybox.tar");
-    capstan_runtime::testimage::busybox_oci_archive(&archive, IMAGE).expect("busybox image");
+    let (_images, archive) = busybox_archive(IMAGE);
     let mut c = Cluster::start(
         3,
         &[
@@ -496,13 +491,7 @@ fn multinode_partitioned_node_goes_not_ready_and_its_pods_move() {
         pods.values().any(|(n, _)| *n == victim_name),
         "no pod on any agent: {pods:?}"
     );
-    let svc = c
-        .kubectl(K, &["get", "svc", "-n", NS, "web", "-o", "json"], None)
-        .ok()
-        .json();
-    let node_port = svc["spec"]["ports"][0]["nodePort"]
-        .as_u64()
-        .expect("nodePort");
+    let node_port = service_node_port(&c, "web");
 
     // The victim's pods as its runtime runs them, before the cut.
     let on_victim: BTreeSet<&String> = pods

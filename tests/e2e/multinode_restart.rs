@@ -8,8 +8,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::harness::{Kubectl, run};
-use crate::hosts::Cluster;
-use crate::multinode::{IMAGE, NS, curl, probe_from, running_pods, wait_for, web, web_pods_in};
+use crate::hosts::{Cluster, busybox_archive};
+use crate::multinode::{
+    IMAGE, NS, curl, probe_from, running_pods, service_node_port, wait_for, web, web_pods_in,
+};
 
 const K: Kubectl = Kubectl::Minor(32);
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -158,12 +160,7 @@ fn data_plane_answers(
 #[test]
 fn multinode_server_kill_9_and_restart_keeps_containers_and_agents_reconnect() {
     let started = Instant::now();
-    let images = tempfile::Builder::new()
-        .prefix("capstan-e2e-mnr-img-")
-        .tempdir()
-        .expect("tempdir");
-    let archive = images.path().join("busybox.tar");
-    capstan_runtime::testimage::busybox_oci_archive(&archive, IMAGE).expect("busybox image");
+    let (_images, archive) = busybox_archive(IMAGE);
     let grace = format!("{}s", GRACE.as_secs());
     let monitor = format!("{}s", MONITOR.as_secs());
     let toleration = TOLERATION.as_secs().to_string();
@@ -208,13 +205,7 @@ fn multinode_server_kill_9_and_restart_keeps_containers_and_agents_reconnect() {
             "{name}: {p:?}"
         );
     }
-    let svc = c
-        .kubectl(K, &["get", "svc", "-n", NS, "web", "-o", "json"], None)
-        .ok()
-        .json();
-    let node_port = svc["spec"]["ports"][0]["nodePort"]
-        .as_u64()
-        .expect("nodePort");
+    let node_port = service_node_port(&c, "web");
     let ips: Vec<&str> = before.values().map(|p| p.ip.as_str()).collect();
     let first = before.keys().next().expect("a pod").clone();
     wait_for(&mut c, "pod-to-pod and Service", TIMEOUT, |c| {
@@ -384,13 +375,7 @@ fn multinode_server_kill_9_and_restart_keeps_containers_and_agents_reconnect() {
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: web2\n  namespace: {NS}\nspec:\n  type: NodePort\n  selector: {{app: web}}\n  ports:\n  - port: 80\n    targetPort: 8080\n"
     );
     c.kubectl(K, &["apply", "-f", "-"], Some(&svc2)).ok();
-    let svc2 = c
-        .kubectl(K, &["get", "svc", "-n", NS, "web2", "-o", "json"], None)
-        .ok()
-        .json();
-    let node_port2 = svc2["spec"]["ports"][0]["nodePort"]
-        .as_u64()
-        .expect("nodePort");
+    let node_port2 = service_node_port(&c, "web2");
     let addrs: Vec<String> = c.hosts.iter().map(|h| h.addr.to_string()).collect();
     for addr in &addrs {
         let url = format!("http://{addr}:{node_port2}/");

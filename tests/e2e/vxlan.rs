@@ -8,7 +8,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::harness::{Kubectl, run};
-use crate::hosts::Cluster;
+use crate::hosts::{Cluster, busybox_archive};
 
 const K: Kubectl = Kubectl::Minor(32);
 const IMAGE: &str = "capstan.test/e2e/busybox:1";
@@ -65,12 +65,7 @@ fn counters(netns: &str) -> (u64, u64) {
 #[test]
 fn vxlan_two_routed_hosts_pods_reach_each_other_and_services() {
     let started = Instant::now();
-    let images = tempfile::Builder::new()
-        .prefix("capstan-e2e-vx-img-")
-        .tempdir()
-        .expect("tempdir");
-    let archive = images.path().join("busybox.tar");
-    capstan_runtime::testimage::busybox_oci_archive(&archive, IMAGE).expect("busybox image");
+    let (_images, archive) = busybox_archive(IMAGE);
     let backend = ["--flannel-backend", "vxlan"];
     let mut c = Cluster::start_routed(2, &backend, &backend, &[archive]);
     eprintln!("2 hosts Ready after {:?}", started.elapsed());
