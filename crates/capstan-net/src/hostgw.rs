@@ -89,7 +89,8 @@ fn valid_v4_cidr(cidr: &str) -> bool {
     })
 }
 
-fn internal_ip(node: &Node) -> Option<Ipv4Addr> {
+/// A node's first IPv4 InternalIP.
+pub(crate) fn internal_ip(node: &Node) -> Option<Ipv4Addr> {
     let addresses = node.status.as_ref()?.addresses.as_ref()?;
     addresses
         .iter()

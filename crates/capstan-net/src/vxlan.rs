@@ -20,7 +20,7 @@ use kube::runtime::reflector::{self, Store};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::hostgw::{HostGwError, OwnedRoute};
+use crate::hostgw::{HostGwError, OwnedRoute, internal_ip};
 
 /// The device name, as flannel's `flannel.1`.
 pub const DEFAULT_DEVICE: &str = "capstan.1";
@@ -115,14 +115,6 @@ fn annotation<'a>(node: &'a Node, key: &str) -> Option<&'a str> {
         .as_ref()?
         .get(key)
         .map(String::as_str)
-}
-
-fn internal_ip(node: &Node) -> Option<Ipv4Addr> {
-    let addresses = node.status.as_ref()?.addresses.as_ref()?;
-    addresses
-        .iter()
-        .filter(|a| a.type_ == "InternalIP")
-        .find_map(|a| a.address.parse::<Ipv4Addr>().ok())
 }
 
 /// Wanted peers: pod CIDR → endpoint, one per other node with an IPv4 podCIDR, a published
